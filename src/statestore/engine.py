@@ -1,0 +1,137 @@
+"""Connection setup: which database a target names, and how each connection is prepared.
+
+On SQLite every connection gets WAL, a busy timeout, foreign keys on (so ``ON DELETE
+CASCADE`` runs) and the chosen ``synchronous`` level. The driver's own transaction
+handling is switched off (``isolation_level=None``) and statestore emits ``BEGIN`` itself:
+``BEGIN IMMEDIATE`` for write transactions, so a read-then-write transaction never fails
+with "database is locked" half-way, and plain ``BEGIN`` for reads, so that reads see one
+snapshot.
+
+This is also the one place where SQLAlchemy and driver errors become :class:`DatabaseError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from sqlalchemy import URL, event, exc, make_url
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from statestore.errors import DatabaseError, InvalidDataError
+
+__all__ = [
+    "WRITE_OPTION",
+    "Synchronous",
+    "create_engine",
+    "database_errors",
+    "prepare_engine",
+    "resolve_url",
+    "write_connection",
+]
+
+Synchronous = Literal["FULL", "NORMAL"]
+"""SQLite ``synchronous`` levels statestore accepts (see the README on durability)."""
+
+WRITE_OPTION = "statestore_write"
+"""Execution option that marks a connection's transactions as writes (``BEGIN IMMEDIATE``)."""
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
+    """Return the SQLAlchemy URL that ``target`` names.
+
+    A string with ``://`` is a URL; anything else is a filesystem path to a SQLite file,
+    used as the path itself (a ``?`` or ``#`` in it is part of the file name). A URL with a
+    synchronous driver name (``sqlite://``, ``postgresql://``) gets the async driver.
+    """
+    if isinstance(target, URL):
+        url = target
+    elif isinstance(target, str) and "://" in target:
+        try:
+            url = make_url(target)
+        except exc.ArgumentError as error:
+            raise InvalidDataError("target", f"{target!r} is not a database URL") from error
+    else:
+        path = os.fspath(target)
+        if not path:
+            raise InvalidDataError("target", "the database path is empty")
+        url = URL.create("sqlite+aiosqlite", database=path)
+    drivername = _ASYNC_DRIVERS.get(url.drivername, url.drivername)
+    return url.set(drivername=drivername)
+
+
+def create_engine(
+    url: URL, *, synchronous: Synchronous = "FULL", busy_timeout_ms: int = 30_000
+) -> AsyncEngine:
+    """Create an engine for ``url`` and prepare it with :func:`prepare_engine`."""
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        connect_args["isolation_level"] = None
+    engine = create_async_engine(url, connect_args=connect_args)
+    prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+    return engine
+
+
+def prepare_engine(
+    engine: AsyncEngine, *, synchronous: Synchronous = "FULL", busy_timeout_ms: int = 30_000
+) -> None:
+    """Install statestore's per-connection setup on ``engine`` (SQLite only; idempotent).
+
+    Connections the engine opened before this call are not prepared; wrap an engine before
+    using it, or dispose of its pool first.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    if synchronous not in ("FULL", "NORMAL"):
+        raise InvalidDataError("synchronous", f"must be 'FULL' or 'NORMAL', not {synchronous!r}")
+    sync_engine = engine.sync_engine
+    if event.contains(sync_engine, "begin", _begin_sqlite_transaction):
+        return
+
+    def prepare_sqlite_connection(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection.isolation_level is not None:
+            dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        finally:
+            cursor.close()
+
+    event.listen(sync_engine, "connect", prepare_sqlite_connection)
+    event.listen(sync_engine, "begin", _begin_sqlite_transaction)
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    if connection.get_execution_options().get(WRITE_OPTION):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+async def write_connection(connection: AsyncConnection) -> AsyncConnection:
+    """Return ``connection`` marked so that its transactions begin as writes."""
+    return await connection.execution_options(**{WRITE_OPTION: True})
+
+
+@contextmanager
+def database_errors(operation: str) -> Iterator[None]:
+    """Re-raise SQLAlchemy and driver errors inside the block as :class:`DatabaseError`."""
+    try:
+        yield
+    except exc.StatementError as error:
+        if isinstance(error.orig, ValueError) and not isinstance(error, exc.DBAPIError):
+            raise InvalidDataError(operation, str(error.orig)) from error
+        raise DatabaseError(f"{operation} failed: {error.orig or error}") from error
+    except exc.SQLAlchemyError as error:
+        raise DatabaseError(f"{operation} failed: {error}") from error
+    except OSError as error:
+        raise DatabaseError(f"{operation} failed: {error}") from error

@@ -1,0 +1,59 @@
+"""The file store's naming rules for categories, document names and session ids.
+
+A category was a directory path and a name a file name, so the rules keep every name
+something that could be written back to disk: a category is rejected if it is empty, starts
+or ends with ``/``, or contains ``//``, ``..`` or ``\\``; a name or session id is rejected
+if it is empty or contains ``..``, ``/`` or ``\\``. No value may contain a NUL character
+(PostgreSQL cannot store one, and no file system accepts one in a path).
+"""
+
+from __future__ import annotations
+
+from statestore.errors import InvalidNameError
+
+__all__ = ["SESSIONS_CATEGORY", "check_category", "check_name"]
+
+SESSIONS_CATEGORY = "sessions"
+"""The category under which the document API shows the sessions table."""
+
+
+def _check_common(kind: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidNameError(kind, value, f"must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidNameError(kind, value, "must not be empty")
+    if "\x00" in value:
+        raise InvalidNameError(kind, value, "must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidNameError(kind, value, "must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def check_category(category: object) -> str:
+    """Return ``category`` if it is a valid category, else raise :class:`InvalidNameError`."""
+    value = _check_common("category", category)
+    if value.startswith("/") or value.endswith("/"):
+        raise InvalidNameError("category", value, "must not start or end with '/'")
+    for forbidden in ("//", "..", "\\"):
+        if forbidden in value:
+            raise InvalidNameError("category", value, f"must not contain {forbidden!r}")
+    return value
+
+
+def check_name(name: object, *, kind: str = "name") -> str:
+    """Return ``name`` if it is a valid document name or session id, else raise.
+
+    Args:
+        name: The value to check.
+        kind: What the value names, for the error message (``"name"`` or ``"session id"``).
+
+    Raises:
+        InvalidNameError: The value breaks a rule; the message names the value and the rule.
+    """
+    value = _check_common(kind, name)
+    for forbidden in ("..", "/", "\\"):
+        if forbidden in value:
+            raise InvalidNameError(kind, value, f"must not contain {forbidden!r}")
+    return value
