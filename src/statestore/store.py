@@ -187,10 +187,9 @@ class StateStore:
         """
         if self._closed:
             return
-        self._closed = True
-        pending = [*self._writes, *self._prunes]
-        if pending:
+        while pending := [*self._writes, *self._prunes]:
             await asyncio.gather(*pending, return_exceptions=True)
+        self._closed = True
         if self._owns_engine:
             await self._engine.dispose()
 

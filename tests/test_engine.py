@@ -1,0 +1,169 @@
+"""Connection setup: URLs, SQLite pragmas, transaction modes and upserts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage
+from statestore.engine import resolve_url
+
+
+def test_plain_path_is_a_sqlite_file(tmp_path: Path) -> None:
+    """A path becomes an aiosqlite URL whose database is the path itself."""
+    url = resolve_url(tmp_path / "what?.db")
+
+    assert url.drivername == "sqlite+aiosqlite"
+    assert url.database == str(tmp_path / "what?.db")
+    assert not url.query
+
+
+@pytest.mark.parametrize(
+    ("given", "driver"),
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite"),
+        ("postgresql://localhost/test", "postgresql+asyncpg"),
+        ("postgresql+asyncpg://localhost/test", "postgresql+asyncpg"),
+    ],
+    ids=["sqlite", "aiosqlite", "postgresql", "asyncpg"],
+)
+def test_urls_get_an_async_driver(given: str, driver: str) -> None:
+    """A URL with a synchronous driver name is given the matching async driver."""
+    assert resolve_url(given).drivername == driver
+
+
+def test_malformed_url_is_a_clear_error() -> None:
+    """A string that looks like a URL but is not one raises InvalidDataError."""
+    with pytest.raises(InvalidDataError, match="not a database URL"):
+        resolve_url("::://nonsense")
+
+
+def test_empty_path_is_rejected() -> None:
+    """An empty path raises InvalidDataError instead of opening a temporary database."""
+    with pytest.raises(InvalidDataError, match="empty"):
+        resolve_url("")
+
+
+async def test_file_with_question_mark_in_its_name_is_used_as_is(tmp_path: Path) -> None:
+    """A '?' in a path is part of the file name, not a URL query."""
+    path = tmp_path / "odd?name=1.db"
+    async with StateStore.open(path) as store:
+        await store.save_session(Session(user_id="u"))
+
+    assert path.is_file()
+
+
+async def test_every_connection_has_the_pragmas(store: StateStore) -> None:
+    """Each pooled connection has foreign keys on, WAL, a busy timeout and synchronous=FULL."""
+
+    async def pragmas() -> tuple[Any, ...]:
+        async with store.engine.connect() as connection:
+            values = []
+            for pragma in ("foreign_keys", "journal_mode", "busy_timeout", "synchronous"):
+                values.append((await connection.exec_driver_sql(f"PRAGMA {pragma}")).scalar())
+            await asyncio.sleep(0.01)  # hold the connection so the others open new ones
+            return tuple(values)
+
+    results = await asyncio.gather(*(pragmas() for _ in range(4)))
+
+    assert set(results) == {(1, "wal", 30000, 2)}
+
+
+async def test_synchronous_normal_is_an_option(db_path: Path) -> None:
+    """synchronous='NORMAL' sets SQLite's synchronous level to 1."""
+    async with (
+        StateStore.open(db_path, synchronous="NORMAL") as store,
+        store.engine.connect() as connection,
+    ):
+        level = (await connection.exec_driver_sql("PRAGMA synchronous")).scalar()
+
+    assert level == 1
+
+
+async def test_unknown_synchronous_level_is_rejected(db_path: Path) -> None:
+    """An unsupported synchronous level raises InvalidDataError naming the option."""
+    with pytest.raises(InvalidDataError, match="synchronous"):
+        await StateStore.open(db_path, synchronous="OFF")  # type: ignore[arg-type]
+
+
+async def test_writes_begin_immediate_and_reads_begin_deferred(store: StateStore) -> None:
+    """A save runs in BEGIN IMMEDIATE; a load in a plain BEGIN."""
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    session = Session(user_id="u")
+    await store.save_session(session)
+    writes = [s for s in statements if s.startswith("BEGIN")]
+    statements.clear()
+    await store.load_session(session.id)
+    reads = [s for s in statements if s.startswith("BEGIN")]
+
+    assert writes == ["BEGIN IMMEDIATE"]
+    assert reads == ["BEGIN"]
+
+
+async def test_resave_updates_in_place_without_deleting_the_session_row(
+    store: StateStore, db_path: Path
+) -> None:
+    """Saving an existing session upserts its row: no DELETE ever fires on it."""
+    with sqlite3.connect(db_path) as connection:
+        connection.executescript(
+            """
+            CREATE TABLE deleted_log (id TEXT);
+            CREATE TRIGGER log_session_delete AFTER DELETE ON sessions
+            BEGIN INSERT INTO deleted_log VALUES (old.id); END;
+            """
+        )
+    session = Session(user_id="u")
+    session.add_user_message("one")
+    await store.save_session(session)
+    session.add_user_message("two")
+    await store.save_session(session)
+
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("SELECT count(*) FROM deleted_log").fetchone()[0] == 0
+        assert connection.execute("SELECT count(*) FROM messages").fetchone()[0] == 2
+
+
+async def test_deleting_a_session_cascades_in_sql(store: StateStore, db_path: Path) -> None:
+    """A DELETE of a session row through the store's engine removes its children."""
+    session = Session(user_id="u", user_messages=[UserMessage(content="x")])
+    await store.save_session(session)
+
+    async with store.engine.begin() as connection:
+        await connection.execute(text("DELETE FROM sessions"))
+
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+async def test_a_file_that_is_not_a_database_fails_at_open(tmp_path: Path) -> None:
+    """Opening a file that is not SQLite raises DatabaseError, not a driver error."""
+    path = tmp_path / "not-a-db.db"
+    path.write_bytes(b"this is not a database file at all" * 100)
+
+    with pytest.raises(DatabaseError, match="not a database"):
+        await StateStore.open(path)
+
+    assert path.read_bytes().startswith(b"this is not a database")
+
+
+async def test_database_errors_are_translated(store: StateStore) -> None:
+    """A failure inside the database surfaces as DatabaseError with the cause attached."""
+    async with store.engine.begin() as connection:
+        await connection.execute(text("DROP TABLE messages"))
+
+    session = Session(user_id="u", user_messages=[UserMessage(content="x")])
+    with pytest.raises(DatabaseError, match="save_session") as raised:
+        await store.save_session(session)
+
+    assert raised.value.__cause__ is not None

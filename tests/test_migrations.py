@@ -1,0 +1,132 @@
+"""The alembic migrations: run from the checkout and programmatically, in their own table."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from statestore import StateStore
+from statestore.migrate import VERSION_TABLE, alembic_config
+from statestore.schema import metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = {"sessions", "messages", "responses", "documents"}
+
+
+def tables(path: Path) -> set[str]:
+    """Return the names of the tables in a SQLite file."""
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name for (name,) in rows}
+
+
+def alembic(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run the alembic command line from the checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "STATESTORE_DB"},
+    )
+
+
+def test_alembic_upgrade_head_creates_the_tables(tmp_path: Path) -> None:
+    """`alembic upgrade head` from the project root creates every table on a fresh file."""
+    path = tmp_path / "fresh.db"
+
+    alembic("-x", f"db={path}", "upgrade", "head")
+
+    assert tables(path) == TABLES | {VERSION_TABLE}
+
+
+def test_alembic_downgrade_base_removes_the_tables(tmp_path: Path) -> None:
+    """`alembic downgrade base` leaves nothing of statestore but its empty version table."""
+    path = tmp_path / "fresh.db"
+    alembic("-x", f"db={path}", "upgrade", "head")
+
+    alembic("-x", f"db={path}", "downgrade", "base")
+
+    assert tables(path) == {VERSION_TABLE}
+
+
+def test_statestore_db_environment_variable_names_the_database(tmp_path: Path) -> None:
+    """Without -x db=, alembic migrates the database named by $STATESTORE_DB."""
+    path = tmp_path / "env.db"
+
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "STATESTORE_DB": str(path)},
+    )
+
+    assert tables(path) >= TABLES
+
+
+def test_revisions_are_recorded_in_statestores_own_table(tmp_path: Path) -> None:
+    """The revision is in statestore_alembic_version; no alembic_version table is made."""
+    path = tmp_path / "fresh.db"
+    alembic("-x", f"db={path}", "upgrade", "head")
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    with sqlite3.connect(path) as connection:
+        recorded = connection.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
+
+    assert recorded == [(head,)]
+    assert "alembic_version" not in tables(path)
+
+
+def test_there_is_a_single_head() -> None:
+    """The revision history has exactly one head."""
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+
+
+async def test_models_and_migrations_agree(db_path: Path) -> None:
+    """Autogenerate against a database at head finds nothing to change."""
+    async with StateStore.open(db_path) as store, store.engine.connect() as connection:
+
+        def diff(sync_connection: Connection) -> list[object]:
+            context = MigrationContext.configure(
+                sync_connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            return list(compare_metadata(context, metadata))
+
+        assert await connection.run_sync(diff) == []
+
+
+async def test_open_migrates_a_new_file(db_path: Path) -> None:
+    """StateStore.open(path) creates the schema; opening again is a no-op."""
+    async with StateStore.open(db_path):
+        pass
+    async with StateStore.open(db_path):
+        pass
+
+    assert tables(db_path) == TABLES | {VERSION_TABLE}
+
+
+def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:
+    """An upgrade that fails half-way rolls back whole: no half-created tables remain."""
+    path = tmp_path / "clash.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE documents (clash INTEGER)")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"db={path}", "upgrade", "head"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode != 0
+    assert tables(path) == {"documents"}
