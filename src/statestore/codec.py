@@ -44,6 +44,10 @@ __all__ = [
 MAX_JSON_DEPTH = 64
 """How deeply JSON containers may nest in metadata, unmodelled fields and JSON documents."""
 
+# Python refuses to turn integers of more than sys.get_int_max_str_digits() (4300 by
+# default) digits into text; 14,000 bits is about 4,200 digits.
+_MAX_INT_BITS = 14_000
+
 PROJECT_METADATA_KEY = "project_ids"
 """The metadata key whose string value is a session's ``project_id``."""
 
@@ -64,7 +68,11 @@ def check_text(field: str, value: object, *, optional: bool = False) -> None:
 
 def check_json(field: str, value: object, depth: int = 0) -> None:
     """Raise :class:`InvalidDataError` unless ``value`` is JSON that round-trips exactly."""
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:
+            raise InvalidDataError(field, "integer is too large to write as JSON")
         return
     if isinstance(value, str):
         check_text(field, value)

@@ -2,7 +2,8 @@
 
 A category was a directory path and a name a file name, so the rules keep every name
 something that could be written back to disk: a category is rejected if it is empty, starts
-or ends with ``/``, or contains ``//``, ``..`` or ``\\``; a name or session id is rejected
+or ends with ``/``, contains ``//``, ``..`` or ``\\``, or has ``.`` as a path segment
+(``a/./b`` would be ``a/b`` on disk); a name or session id is rejected
 if it is empty or contains ``..``, ``/`` or ``\\``. No value may contain a NUL character
 (PostgreSQL cannot store one, and no file system accepts one in a path).
 """
@@ -39,6 +40,8 @@ def check_category(category: object) -> str:
     for forbidden in ("//", "..", "\\"):
         if forbidden in value:
             raise InvalidNameError("category", value, f"must not contain {forbidden!r}")
+    if "." in value.split("/"):
+        raise InvalidNameError("category", value, "must not have '.' as a path segment")
     return value
 
 
