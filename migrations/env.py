@@ -2,8 +2,9 @@
 
 Run from a checkout (``alembic upgrade head``), it opens the database named by
 ``-x db=PATH_OR_URL``, else ``$STATESTORE_DB``, else ``sqlalchemy.url`` in ``alembic.ini``,
-with statestore's connection setup. Run programmatically, it uses the connection passed
-in ``config.attributes["connection"]`` and leaves transaction control to the caller.
+and migrates it the way statestore always does (see ``statestore.migrate``): one write
+transaction, foreign keys off during it on SQLite, checked afterwards. Given a connection in
+``config.attributes["connection"]``, it migrates on that connection instead.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from statestore.engine import create_engine, resolve_url, write_connection
-from statestore.migrate import VERSION_TABLE
+from statestore.engine import create_engine, resolve_url
+from statestore.migrate import VERSION_TABLE, check_foreign_keys, migrating
 from statestore.schema import metadata
 
 config = context.config
@@ -47,13 +48,13 @@ def run_on_connection(connection: Connection) -> None:
     _configure(connection=connection)
     with context.begin_transaction():
         context.run_migrations()
+    check_foreign_keys(connection)
 
 
 async def run_online() -> None:
     engine = create_engine(resolve_url(_database()))
     try:
-        async with engine.connect() as connection:
-            connection = await write_connection(connection)
+        async with migrating(engine) as connection:
             await connection.run_sync(run_on_connection)
     finally:
         await engine.dispose()

@@ -130,3 +130,21 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> No
 
     assert result.returncode != 0
     assert tables(path) == {"documents"}
+
+
+async def test_cli_downgrade_keeps_child_rows(tmp_path: Path) -> None:
+    """`alembic downgrade` from the checkout copies tables with foreign keys off: no cascade."""
+    from statestore import Session, UserMessage
+
+    path = tmp_path / "cli.db"
+    async with StateStore.open(path) as store:
+        session = Session(user_id="u", user_messages=[UserMessage(content="kept")])
+        await store.save_session(session)
+
+    alembic("-x", f"db={path}", "downgrade", "0001")
+
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT content FROM messages").fetchall() == [("kept",)]
+    alembic("-x", f"db={path}", "upgrade", "head")
+    async with StateStore.open(path, migrate=False) as store:
+        assert await store.load_session(session.id) == session

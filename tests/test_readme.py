@@ -16,10 +16,13 @@ def code_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.DOTALL)
 
 
+ENV_PY_FRAGMENT = "# in your migrations/env.py\n"
+
+
 def test_python_examples_run(tmp_path: Path) -> None:
-    """Every python block in the README runs to completion in a fresh directory."""
-    blocks = code_blocks("python")
-    assert blocks
+    """Every runnable python block in the README runs to completion in a fresh directory."""
+    blocks = [b for b in code_blocks("python") if not b.startswith(ENV_PY_FRAGMENT)]
+    assert len(blocks) >= 2
     for block in blocks:
         result = subprocess.run(
             [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True
@@ -46,3 +49,15 @@ def test_ci_runs_the_readme_test_command() -> None:
 
     assert len(commands) == 2
     assert commands[1] in ci_script.splitlines()
+
+
+def test_env_py_recipe_is_the_one_the_host_project_runs() -> None:
+    """Each line of the README's env.py recipe stands in the tested host project's env.py."""
+    [recipe] = [b for b in code_blocks("python") if b.startswith(ENV_PY_FRAGMENT)]
+    host_env = (ROOT / "tests" / "host_project" / "migrations" / "env.py").read_text()
+    host_lines = {line.split("#")[0].strip() for line in host_env.splitlines()}
+
+    for line in recipe.splitlines()[1:]:
+        code = line.split("#")[0].strip()
+        if code and code not in {"target_metadata=target_metadata,"}:
+            assert code in host_lines, line

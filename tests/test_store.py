@@ -586,11 +586,11 @@ async def test_wrapping_a_host_engine_leaves_it_usable(db_path: Path) -> None:
     from sqlalchemy import text
 
     from statestore.engine import create_engine, resolve_url
-    from statestore.migrate import upgrade_engine
+    from statestore.migrate import upgrade
 
     engine = create_engine(resolve_url(db_path))
     try:
-        await upgrade_engine(engine)
+        await upgrade(engine)
         async with StateStore(engine) as store:
             session = make_session()
             await store.save_session(session)

@@ -3,10 +3,12 @@
 The public API is what this module exports; everything else is internal.
 """
 
+from statestore import migrate
 from statestore.errors import (
     DatabaseError,
     InvalidDataError,
     InvalidNameError,
+    SchemaVersionError,
     StateStoreError,
     StoreClosedError,
 )
@@ -21,10 +23,12 @@ __all__ = [
     "InvalidNameError",
     "PruneConfig",
     "PruneThrottle",
+    "SchemaVersionError",
     "Session",
     "SessionSummary",
     "StateStore",
     "StateStoreError",
     "StoreClosedError",
     "UserMessage",
+    "migrate",
 ]

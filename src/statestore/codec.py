@@ -149,6 +149,7 @@ def session_row(session: Session) -> dict[str, Any]:
         "updated_at": session.updated_at,
         "metadata": session.metadata,
         "extra": _extra("session", session),
+        "version": 1,
     }
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from statestore.errors import DatabaseError, InvalidDataError
 
 __all__ = [
+    "MIGRATE_OPTION",
     "WRITE_OPTION",
     "Synchronous",
     "create_engine",
@@ -39,6 +40,9 @@ Synchronous = Literal["FULL", "NORMAL"]
 
 WRITE_OPTION = "statestore_write"
 """Execution option that marks a connection's transactions as writes (``BEGIN IMMEDIATE``)."""
+
+MIGRATE_OPTION = "statestore_migrate"
+"""Execution option for a migrating connection: foreign keys off, then ``BEGIN IMMEDIATE``."""
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -111,7 +115,12 @@ def prepare_engine(
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:
-    if connection.get_execution_options().get(WRITE_OPTION):
+    options = connection.get_execution_options()
+    if options.get(MIGRATE_OPTION):
+        # Only outside a transaction does this pragma take effect.
+        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif options.get(WRITE_OPTION):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
     else:
         connection.exec_driver_sql("BEGIN")

@@ -6,6 +6,7 @@ Every error statestore raises on purpose derives from :class:`StateStoreError`::
     ├── InvalidNameError (also ValueError)      bad category, document name or session id
     ├── InvalidDataError (also ValueError)      a value that cannot be stored as given
     ├── StoreClosedError (also RuntimeError)    the store was used after close()
+    ├── SchemaVersionError                      the database is not at this version's schema
     └── DatabaseError                           the database refused or failed an operation
 
 Input that fails a model's own validation raises pydantic's ``ValidationError``.
@@ -19,6 +20,7 @@ __all__ = [
     "DatabaseError",
     "InvalidDataError",
     "InvalidNameError",
+    "SchemaVersionError",
     "StateStoreError",
     "StoreClosedError",
 ]
@@ -56,6 +58,20 @@ class InvalidDataError(StateStoreError, ValueError):
 
 class StoreClosedError(StateStoreError, RuntimeError):
     """The store was used after :meth:`StateStore.close`."""
+
+
+class SchemaVersionError(StateStoreError):
+    """The database's schema revision is not the one this version of statestore needs.
+
+    Attributes:
+        current: The database's revision (``None`` if it has no statestore schema).
+        expected: The revision this statestore needs (its newest).
+    """
+
+    def __init__(self, current: str | None, expected: str, message: str) -> None:
+        super().__init__(message)
+        self.current = current
+        self.expected = expected
 
 
 class DatabaseError(StateStoreError):

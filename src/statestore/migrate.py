@@ -1,26 +1,78 @@
 """Bring a database's schema to a revision with statestore's own alembic migrations.
 
 The migration scripts ship inside the package (``statestore/migrations`` in the wheel) and
-live at the top of a checkout (``migrations/``); both run the same scripts. Revisions are
-recorded in :data:`VERSION_TABLE`, never in a host application's ``alembic_version``.
+live at the top of a checkout (``migrations/``); both run the same scripts. statestore's
+revision is recorded in its own table, :data:`VERSION_TABLE`, never in a host application's
+``alembic_version``, so the two histories never collide.
+
+Programmatic use::
+
+    await statestore.migrate.upgrade("state.db")            # to head
+    await statestore.migrate.current_revision("state.db")   # e.g. "0002"
+    await statestore.migrate.check("state.db")              # raises unless at head
+
+Inside a host application's alembic ``env.py``, after its own migrations, on the same
+connection::
+
+    with context.begin_transaction():
+        context.run_migrations()
+    statestore.migrate.upgrade_on_connection(connection)
+    connection.commit()
+
+and pass ``include_name=statestore.migrate.include_name`` to the host's
+``context.configure`` so its autogenerate never proposes changes to statestore's tables.
+
+On SQLite every upgrade runs in one ``BEGIN IMMEDIATE`` transaction with foreign keys off
+(a batch migration copies a table; with foreign keys on, dropping the old copy would
+cascade-delete child rows) and ends with ``PRAGMA foreign_key_check``; a failure rolls the
+whole upgrade back, leaving the database at the revision it had.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from alembic import command
 from alembic.config import Config
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import URL
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from statestore.engine import database_errors, write_connection
-from statestore.errors import StateStoreError
+from statestore.engine import MIGRATE_OPTION, create_engine, database_errors, resolve_url
+from statestore.errors import SchemaVersionError, StateStoreError
+from statestore.schema import metadata
 
-__all__ = ["VERSION_TABLE", "alembic_config", "script_location", "upgrade_engine"]
+__all__ = [
+    "VERSION_TABLE",
+    "alembic_config",
+    "check",
+    "check_foreign_keys",
+    "check_on_connection",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "include_name",
+    "include_object",
+    "migrating",
+    "script_location",
+    "upgrade",
+    "upgrade_on_connection",
+]
 
 VERSION_TABLE = "statestore_alembic_version"
 """The table where statestore's alembic revision is recorded."""
+
+_OWN_TABLES = frozenset({*metadata.tables, VERSION_TABLE})
+
+Target = str | os.PathLike[str] | URL | AsyncEngine
+"""A database: a SQLite file path, an async URL, or an engine the caller owns."""
 
 
 def script_location() -> str:
@@ -35,27 +87,211 @@ def script_location() -> str:
 
 
 def alembic_config() -> Config:
-    """Return an alembic configuration that runs statestore's migrations programmatically."""
+    """Return an alembic configuration for statestore's scripts (for alembic's commands)."""
     config = Config()
     config.set_main_option("script_location", script_location())
     return config
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(script_location())
 
 
-async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
-    """Upgrade the database behind ``engine`` to ``revision`` in one write transaction.
+def head_revision() -> str:
+    """Return the newest revision this version of statestore knows."""
+    head = _scripts().get_current_head()
+    assert head is not None, "statestore always has at least one revision"
+    return head
 
-    On SQLite the whole upgrade runs inside one ``BEGIN IMMEDIATE`` transaction, so
-    processes racing to create the schema take turns, and a migration that fails leaves
-    the database at the revision it had.
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic ``include_name`` hook that hides statestore's tables from a host's autogenerate.
+
+    Pass it as ``context.configure(..., include_name=statestore.migrate.include_name)``.
     """
-    with database_errors("schema upgrade"):
+    return not (type_ == "table" and name in _OWN_TABLES)
+
+
+def include_object(
+    object_: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Alembic ``include_object`` hook with the same effect as :func:`include_name`.
+
+    For hosts that already filter with ``include_object``; call it from your own hook.
+    """
+    table = object_ if type_ == "table" else getattr(object_, "table", None)
+    table_name = getattr(table, "name", None)
+    return table_name not in _OWN_TABLES
+
+
+def _migration_context(
+    connection: Connection,
+    step: Callable[[Any, MigrationContext], Iterable[Any]] | None = None,
+) -> MigrationContext:
+    options: dict[str, Any] = {
+        "version_table": VERSION_TABLE,
+        "render_as_batch": True,
+        "target_metadata": metadata,
+    }
+    if step is not None:
+        options["fn"] = step
+    return MigrationContext.configure(connection, opts=options)
+
+
+def _current(connection: Connection) -> str | None:
+    return _migration_context(connection).get_current_revision()
+
+
+def _known(revision: str | None) -> bool:
+    if revision is None:
+        return True
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def _refuse_unknown(current: str | None) -> None:
+    if not _known(current):
+        raise SchemaVersionError(
+            current,
+            head_revision(),
+            f"the database is at revision {current!r}, which this version of statestore "
+            f"does not know (head is {head_revision()!r}); it was written by a newer "
+            "statestore: upgrade the statestore package",
+        )
+
+
+def _check_foreign_keys_off(connection: Connection) -> None:
+    if connection.dialect.name != "sqlite":
+        return
+    if connection.exec_driver_sql("PRAGMA foreign_keys").scalar():
+        raise StateStoreError(
+            "statestore migrations on SQLite need PRAGMA foreign_keys=OFF on the migrating "
+            "connection: a batch migration copies tables, and with foreign keys on the copy "
+            "would cascade-delete child rows"
+        )
+
+
+def check_foreign_keys(connection: Connection) -> None:
+    """Raise :class:`StateStoreError` if any foreign key is broken (SQLite only)."""
+    if connection.dialect.name != "sqlite":
+        return
+    violations = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if violations:
+        raise StateStoreError(f"migration left broken foreign keys: {violations[:5]}")
+
+
+def _run(connection: Connection, revision: str, *, downgrade: bool = False) -> None:
+    _check_foreign_keys_off(connection)
+    _refuse_unknown(_current(connection))
+    scripts = _scripts()
+
+    def step(current: Any, context: MigrationContext) -> Iterable[Any]:
+        if downgrade:
+            return scripts._downgrade_revs(revision, current)
+        return scripts._upgrade_revs(revision, current)
+
+    context = _migration_context(connection, step)
+    with Operations.context(context), context.begin_transaction():
+        context.run_migrations()
+    check_foreign_keys(connection)
+
+
+def upgrade_on_connection(connection: Connection, revision: str = "head") -> None:
+    """Upgrade statestore's tables on a connection the caller controls (e.g. a host's env.py).
+
+    Runs inside the connection's current transaction if it has one (the caller commits
+    it); otherwise in a transaction of its own, which it commits. On SQLite the connection
+    must have foreign keys off (SQLite's default).
+
+    Raises:
+        SchemaVersionError: The database is at a revision this statestore does not know.
+        StateStoreError: Foreign keys are on (SQLite), or the migration broke a foreign key.
+    """
+    if connection.in_transaction():
+        _run(connection, revision)
+        return
+    with connection.begin():
+        _run(connection, revision)
+
+
+def check_on_connection(connection: Connection) -> None:
+    """Raise :class:`SchemaVersionError` unless the database is at this statestore's head."""
+    current = _current(connection)
+    _refuse_unknown(current)
+    head = head_revision()
+    if current != head:
+        raise SchemaVersionError(
+            current,
+            head,
+            f"the database is at revision {current!r} but this statestore needs {head!r}: "
+            "run `alembic -x db=PATH_OR_URL upgrade head` from a statestore checkout, "
+            "`await statestore.migrate.upgrade(target)`, or open it with migrate=True",
+        )
+
+
+@asynccontextmanager
+async def migrating(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """Yield a connection in one write transaction set up for migrating.
+
+    On SQLite, foreign keys are off for the transaction (``BEGIN IMMEDIATE``), and the
+    connection is discarded afterwards rather than returned to the pool with them off.
+    """
+    with database_errors("schema migration"):
         async with engine.connect() as connection:
-            connection = await write_connection(connection)
-            async with connection.begin():
-                await connection.run_sync(_upgrade, revision)
+            migrating_connection = await connection.execution_options(**{MIGRATE_OPTION: True})
+            try:
+                async with migrating_connection.begin():
+                    yield migrating_connection
+            finally:
+                if engine.dialect.name == "sqlite":
+                    await connection.invalidate()
+
+
+@asynccontextmanager
+async def _engine_for(target: Target) -> AsyncIterator[AsyncEngine]:
+    if isinstance(target, AsyncEngine):
+        yield target
+        return
+    engine = create_engine(resolve_url(target))
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def upgrade(target: Target, revision: str = "head") -> None:
+    """Upgrade a database to ``revision`` (default: the newest), in one transaction.
+
+    Raises:
+        SchemaVersionError: The database is at a revision this statestore does not know.
+        DatabaseError: The database failed; it is left at the revision it had.
+    """
+    async with _engine_for(target) as engine, migrating(engine) as connection:
+        await connection.run_sync(_run, revision)
+
+
+async def downgrade(target: Target, revision: str) -> None:
+    """Downgrade a database to ``revision`` (``"base"`` removes statestore's tables)."""
+    async with _engine_for(target) as engine, migrating(engine) as connection:
+        await connection.run_sync(_run, revision, downgrade=True)
+
+
+async def current_revision(target: Target) -> str | None:
+    """Return the database's statestore revision, or ``None`` if it has none."""
+    async with _engine_for(target) as engine:
+        with database_errors("current_revision"):
+            async with engine.connect() as connection:
+                return await connection.run_sync(_current)
+
+
+async def check(target: Target) -> None:
+    """Raise :class:`SchemaVersionError` unless the database is at this statestore's head.
+
+    The error names the current and expected revisions and the command to run.
+    """
+    async with _engine_for(target) as engine:
+        with database_errors("schema check"):
+            async with engine.connect() as connection:
+                await connection.run_sync(check_on_connection)

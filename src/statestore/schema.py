@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -109,6 +110,13 @@ sessions = Table(
         nullable=True,
         comment="Session fields statestore does not model, as a JSON object; NULL if none.",
     ),
+    Column(
+        "version",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="How many times the session was saved.",
+    ),
     Index(None, "updated_at", "id"),
     Index(None, "user_id", "updated_at"),
     Index(None, "project_id", "updated_at"),
@@ -127,6 +135,7 @@ messages = Table(
     Column("content", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False, comment="The message's timestamp."),
     Column("extra", JSON(none_as_null=True), nullable=True, comment="Unmodelled fields."),
+    Index(None, "created_at"),
 )
 
 responses = Table(
@@ -151,6 +160,7 @@ responses = Table(
     Column("evaluation_passed", Boolean, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, comment="The response's timestamp."),
     Column("extra", JSON(none_as_null=True), nullable=True, comment="Unmodelled fields."),
+    Index(None, "created_at"),
 )
 
 documents = Table(

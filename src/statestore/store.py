@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from statestore import codec
+from statestore import migrate as migrations
 from statestore.engine import (
     Synchronous,
     create_engine,
@@ -28,7 +29,6 @@ from statestore.engine import (
     write_connection,
 )
 from statestore.errors import InvalidDataError, StoreClosedError
-from statestore.migrate import upgrade_engine
 from statestore.models import Session, SessionSummary
 from statestore.names import SESSIONS_CATEGORY, check_category, check_name
 from statestore.prune import PruneConfig, PruneThrottle
@@ -55,14 +55,21 @@ _NEWEST_FIRST = (sessions.c.updated_at.desc(), sessions.c.id.desc())
 
 
 def _upsert(
-    table: Any, dialect_name: str, keys: tuple[str, ...], keep: tuple[str, ...] = ()
+    table: Any,
+    dialect_name: str,
+    keys: tuple[str, ...],
+    keep: tuple[str, ...] = (),
+    **computed: Any,
 ) -> Insert:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` of every column but ``keys`` and ``keep``."""
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` of every column but ``keys`` and ``keep``.
+
+    ``computed`` gives SQL expressions for columns set from the stored row on update.
+    """
     insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
     statement = insert(table)
-    unchanged = {*keys, *keep}
+    unchanged = {*keys, *keep, *computed}
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in unchanged}
-    return statement.on_conflict_do_update(index_elements=list(keys), set_=updates)
+    return statement.on_conflict_do_update(index_elements=list(keys), set_={**updates, **computed})
 
 
 def _insert_if_missing(table: Any, dialect_name: str) -> Insert:
@@ -121,7 +128,9 @@ class StateStore:
         self._writes: set[asyncio.Task[Any]] = set()
         self._prunes: set[asyncio.Task[None]] = set()
         dialect_name = engine.dialect.name
-        self._upsert_session = _upsert(sessions, dialect_name, ("id",))
+        self._upsert_session = _upsert(
+            sessions, dialect_name, ("id",), version=sessions.c.version + 1
+        )
         self._upsert_message = _upsert(messages, dialect_name, ("session_id", "position"))
         self._upsert_response = _upsert(responses, dialect_name, ("session_id", "position"))
         self._upsert_document = _upsert(
@@ -146,7 +155,8 @@ class StateStore:
         Args:
             target: A filesystem path (SQLite through aiosqlite) or a URL such as
                 ``"postgresql+asyncpg://host/db"``.
-            migrate: Bring the schema to the newest revision first.
+            migrate: Bring the schema to the newest revision first. With ``False`` the
+                database must already be at it.
             synchronous: SQLite's ``synchronous`` level. ``"FULL"`` (the default) keeps
                 every acknowledged save through a power loss; ``"NORMAL"`` is faster and
                 keeps them through an application crash only.
@@ -154,6 +164,8 @@ class StateStore:
 
         Raises:
             InvalidDataError: ``target`` or an option is not valid.
+            SchemaVersionError: With ``migrate=False``, the database is not at the newest
+                revision; with either, it is at a revision newer than this statestore.
             DatabaseError: The database cannot be opened or migrated.
         """
 
@@ -165,7 +177,9 @@ class StateStore:
             )
             try:
                 if migrate:
-                    await upgrade_engine(engine)
+                    await migrations.upgrade(engine)
+                else:
+                    await migrations.check(engine)
                 store = cls(engine)
             except BaseException:
                 await engine.dispose()

@@ -1,0 +1,273 @@
+"""statestore.migrate: upgrading in place without losing a row, and refusing wrong revisions."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, insert
+
+from statestore import SchemaVersionError, Session, StateStore, StateStoreError, migrate
+from statestore.codec import message_rows, response_rows, session_row
+from statestore.schema import documents, messages, responses, sessions
+
+from .conftest import SAMPLE_DIR
+
+HEAD = migrate.head_revision()
+FIRST = "0001"
+
+
+def sample_sessions() -> list[Session]:
+    """Return every valid session in the file-store sample."""
+    loaded = []
+    for path in sorted((SAMPLE_DIR / "sessions").glob("*.json")):
+        try:
+            loaded.append(Session.model_validate_json(path.read_text(encoding="utf-8")))
+        except ValueError:
+            continue  # the sample's damaged files
+    assert len(loaded) > 30
+    return loaded
+
+
+def fill_at_first_revision(path: Path, stored: list[Session]) -> None:
+    """Write sessions and documents with the columns revision 0001 has, as 0.1 wrote them."""
+    engine = create_engine(f"sqlite:///{path}")
+    first_columns = {c.name for c in sessions.columns} - {"version"}
+    with engine.begin() as connection:
+        for session in stored:
+            row = {k: v for k, v in session_row(session).items() if k in first_columns}
+            connection.execute(insert(sessions), [row])
+            for table, rows in (
+                (messages, message_rows(session.id, session.user_messages)),
+                (responses, response_rows(session.id, session.agent_responses)),
+            ):
+                if rows:
+                    connection.execute(insert(table), rows)
+        connection.execute(
+            insert(documents),
+            [
+                {
+                    "category": "memory/notes",
+                    "name": "n",
+                    "kind": "markdown",
+                    "content": "# note",
+                    "created_at": stored[0].created_at,
+                    "updated_at": stored[0].created_at,
+                },
+            ],
+        )
+    engine.dispose()
+
+
+def table_dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Return every row of the child and document tables, in key order."""
+    with sqlite3.connect(path) as connection:
+        return {
+            "messages": connection.execute(
+                "SELECT * FROM messages ORDER BY session_id, position"
+            ).fetchall(),
+            "responses": connection.execute(
+                "SELECT * FROM responses ORDER BY session_id, position"
+            ).fetchall(),
+            "documents": connection.execute(
+                "SELECT * FROM documents ORDER BY category, name, kind"
+            ).fetchall(),
+            "sessions": connection.execute(
+                "SELECT id, user_id, metadata, extra FROM sessions ORDER BY id"
+            ).fetchall(),
+        }
+
+
+def columns(path: Path, table: str) -> set[str]:
+    """Return the column names of a table."""
+    with sqlite3.connect(path) as connection:
+        return {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+
+
+async def test_upgrade_to_a_revision_and_report_it(db_path: Path) -> None:
+    """upgrade() takes a revision, and current_revision() reports where the database is."""
+    assert await migrate.current_revision(db_path) is None
+
+    await migrate.upgrade(db_path, FIRST)
+    assert await migrate.current_revision(db_path) == FIRST
+
+    await migrate.upgrade(db_path)
+    assert await migrate.current_revision(db_path) == HEAD
+
+
+async def test_check_passes_at_head_and_names_revisions_and_command_behind_it(
+    db_path: Path,
+) -> None:
+    """check() is silent at head; behind it, the error names both revisions and the fix."""
+    await migrate.upgrade(db_path, FIRST)
+
+    with pytest.raises(SchemaVersionError) as raised:
+        await migrate.check(db_path)
+
+    assert raised.value.current == FIRST
+    assert raised.value.expected == HEAD
+    message = str(raised.value)
+    assert FIRST in message
+    assert HEAD in message
+    assert "upgrade head" in message
+    await migrate.upgrade(db_path)
+    await migrate.check(db_path)
+
+
+async def test_open_without_migrate_refuses_a_database_behind_head(db_path: Path) -> None:
+    """StateStore.open(migrate=False) on an old schema raises SchemaVersionError."""
+    await migrate.upgrade(db_path, FIRST)
+
+    with pytest.raises(SchemaVersionError, match=FIRST):
+        await StateStore.open(db_path, migrate=False)
+
+
+async def test_open_without_migrate_refuses_an_empty_database(db_path: Path) -> None:
+    """A database with no statestore schema is refused with current=None."""
+    with pytest.raises(SchemaVersionError) as raised:
+        await StateStore.open(db_path, migrate=False)
+
+    assert raised.value.current is None
+
+
+async def test_open_without_migrate_works_at_head(db_path: Path) -> None:
+    """A database at head opens with migrate=False."""
+    await migrate.upgrade(db_path)
+
+    async with StateStore.open(db_path, migrate=False) as store:
+        assert await store.list_sessions() == []
+
+
+@pytest.mark.parametrize("migrate_on_open", [True, False], ids=["migrate", "no-migrate"])
+async def test_a_database_from_a_newer_statestore_is_refused(
+    db_path: Path, migrate_on_open: bool
+) -> None:
+    """A revision this package does not know (a newer release's) is refused, untouched."""
+    await migrate.upgrade(db_path)
+    with sqlite3.connect(db_path) as connection:
+        connection.execute(f"UPDATE {migrate.VERSION_TABLE} SET version_num = 'f00dface'")
+
+    with pytest.raises(SchemaVersionError, match="newer") as raised:
+        await StateStore.open(db_path, migrate=migrate_on_open)
+
+    assert raised.value.current == "f00dface"
+    with sqlite3.connect(db_path) as connection:
+        [(recorded,)] = connection.execute(f"SELECT version_num FROM {migrate.VERSION_TABLE}")
+    assert recorded == "f00dface"
+
+
+async def test_upgrade_keeps_every_row_and_sessions_load_identically(db_path: Path) -> None:
+    """A database filled at 0001 upgrades to head with every session and document intact."""
+    stored = sample_sessions()
+    await migrate.upgrade(db_path, FIRST)
+    fill_at_first_revision(db_path, stored)
+
+    async with StateStore.open(db_path) as store:
+        for session in stored:
+            assert await store.load_session(session.id) == session
+        assert await store.load_markdown("memory/notes", "n") == "# note"
+        assert len(await store.list_sessions()) == len(stored)
+
+
+async def test_downgrade_keeps_rows_and_upgrade_again_round_trips(db_path: Path) -> None:
+    """Down to 0001 (a table copy on SQLite) and up again: no row lost, no cascade fired."""
+    stored = sample_sessions()
+    await migrate.upgrade(db_path, FIRST)
+    fill_at_first_revision(db_path, stored)
+    await migrate.upgrade(db_path)
+    before = table_dump(db_path)
+
+    await migrate.downgrade(db_path, FIRST)
+    assert "version" not in columns(db_path, "sessions")
+    assert table_dump(db_path) == before
+    await migrate.upgrade(db_path)
+
+    assert table_dump(db_path) == before
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    async with StateStore.open(db_path) as store:
+        for session in stored:
+            assert await store.load_session(session.id) == session
+
+
+def test_every_revision_upgrades_and_downgrades(tmp_path: Path) -> None:
+    """Each revision in turn upgrades from its parent and downgrades back to it."""
+    path = tmp_path / "steps.db"
+    script = ScriptDirectory(migrate.script_location())
+    revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
+
+    async def walk() -> None:
+        for revision in revisions:
+            await migrate.upgrade(path, revision)
+            assert await migrate.current_revision(path) == revision
+        for parent in [*reversed(revisions[:-1]), "base"]:
+            await migrate.downgrade(path, parent)
+            assert await migrate.current_revision(path) == (None if parent == "base" else parent)
+
+    asyncio.run(walk())
+
+
+async def test_a_migration_failing_midway_leaves_the_previous_revision(db_path: Path) -> None:
+    """When 0002 fails after its first step, the database stays wholly at 0001."""
+    await migrate.upgrade(db_path, FIRST)
+    with sqlite3.connect(db_path) as connection:
+        # Takes the name of the index 0002 creates after adding its column.
+        connection.execute("CREATE INDEX ix_messages_created_at ON documents (name)")
+
+    with pytest.raises(StateStoreError):
+        await migrate.upgrade(db_path)
+
+    assert await migrate.current_revision(db_path) == FIRST
+    assert "version" not in columns(db_path, "sessions")
+
+
+def open_at_the_same_moment(path: str, start: Any) -> None:
+    """Child process: wait for the start signal, then open (and migrate) the store."""
+
+    async def run() -> None:
+        async with StateStore.open(path) as store:
+            await store.save_session(Session(user_id="racer"))
+
+    start.wait()
+    asyncio.run(run())
+
+
+def test_eight_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Eight processes migrating one new file together: all succeed, schema at head once."""
+    path = tmp_path / "race.db"
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    racers = [
+        context.Process(target=open_at_the_same_moment, args=(str(path), start)) for _ in range(8)
+    ]
+    for racer in racers:
+        racer.start()
+    start.set()
+    for racer in racers:
+        racer.join(timeout=120)
+
+    assert [racer.exitcode for racer in racers] == [0] * 8
+    with sqlite3.connect(path) as connection:
+        versions = connection.execute(f"SELECT version_num FROM {migrate.VERSION_TABLE}")
+        assert versions.fetchall() == [(HEAD,)]
+        assert connection.execute("SELECT count(*) FROM sessions").fetchone() == (8,)
+
+
+def test_foreign_keys_on_a_host_connection_are_refused(tmp_path: Path) -> None:
+    """upgrade_on_connection on SQLite refuses a connection with foreign keys on."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'fk.db'}")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+            with pytest.raises(StateStoreError, match="foreign_keys=OFF"):
+                migrate.upgrade_on_connection(connection)
+    finally:
+        engine.dispose()
