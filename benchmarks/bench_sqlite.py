@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from filestore_model import FileStore
-
 from statestore import AgentResponse, PruneConfig, Session, StateStore, UserMessage, migrate
 
 SUMMARY_SQL = (
@@ -102,12 +101,25 @@ def populate(path: Path, sessions: int, messages: int, *, now: datetime) -> list
             at = stamp(updated - timedelta(minutes=messages - position))
             message_rows.append((session_id, position, f"question {position}", at, None))
             response_rows.append(
-                (session_id, position, f"answer {position}", None, "seed-alpha", "seed", True, at, None)
+                (
+                    session_id,
+                    position,
+                    f"answer {position}",
+                    None,
+                    "seed-alpha",
+                    "seed",
+                    True,
+                    at,
+                    None,
+                )
             )
     connection.execute("BEGIN")
-    connection.executemany(f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({placeholders})", session_rows)
     connection.executemany(
-        "INSERT INTO messages (session_id, position, content, created_at, extra) VALUES (?, ?, ?, ?, ?)",
+        f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({placeholders})", session_rows
+    )
+    connection.executemany(
+        "INSERT INTO messages (session_id, position, content, created_at, extra) "
+        "VALUES (?, ?, ?, ?, ?)",
         message_rows,
     )
     connection.executemany(
@@ -156,7 +168,9 @@ def new_database(workdir: Path, name: str) -> Path:
 # -- appends -----------------------------------------------------------------------------
 
 
-def raw_append_fn(connection: sqlite3.Connection, session_id: str, start: int) -> Callable[[], None]:
+def raw_append_fn(
+    connection: sqlite3.Connection, session_id: str, start: int
+) -> Callable[[], None]:
     """Return a function appending one exchange per call with raw SQL, as statestore writes it."""
     position = [start]
 
@@ -188,7 +202,9 @@ def exchange(session: Session) -> None:
     """Add one user message and one agent response to a session."""
     session.add_user_message("question")
     session.add_agent_response(
-        AgentResponse(content="answer", seed_id="seed-alpha", phase_reached="seed", evaluation_passed=True)
+        AgentResponse(
+            content="answer", seed_id="seed-alpha", phase_reached="seed", evaluation_passed=True
+        )
     )
 
 
@@ -197,11 +213,15 @@ def history(messages: int) -> Session:
     session = Session(user_id="bench")
     now = datetime.now(UTC)
     session.user_messages = [UserMessage(content=f"q{i}", timestamp=now) for i in range(messages)]
-    session.agent_responses = [AgentResponse(content=f"a{i}", timestamp=now) for i in range(messages)]
+    session.agent_responses = [
+        AgentResponse(content=f"a{i}", timestamp=now) for i in range(messages)
+    ]
     return session
 
 
-async def store_append_samples(path: Path, messages: int, repeat: int, synchronous: str) -> list[float]:
+async def store_append_samples(
+    path: Path, messages: int, repeat: int, synchronous: str
+) -> list[float]:
     """Append ``repeat`` exchanges to a session of ``messages`` exchanges; return durations."""
     async with StateStore.open(path, synchronous=synchronous) as store:  # type: ignore[arg-type]
         session = history(messages)
@@ -234,7 +254,9 @@ def raw_append_samples(path: Path, messages: int, repeat: int, synchronous: str)
     return samples
 
 
-async def store_throughput(path: Path, writers: int, appends: int, synchronous: str) -> tuple[float, float]:
+async def store_throughput(
+    path: Path, writers: int, appends: int, synchronous: str
+) -> tuple[float, float]:
     """``writers`` coroutines each append ``appends`` exchanges to its own session.
 
     Returns (saves per second, p99 latency in seconds).
@@ -267,7 +289,9 @@ def raw_throughput(path: Path, count: int, synchronous: str) -> float:
 # -- reads -------------------------------------------------------------------------------
 
 
-async def store_read_samples(path: Path, call: Callable[[StateStore], Awaitable[Any]], repeat: int) -> list[float]:
+async def store_read_samples(
+    path: Path, call: Callable[[StateStore], Awaitable[Any]], repeat: int
+) -> list[float]:
     """Time an awaited store call on an opened store."""
     async with StateStore.open(path) as store:
         await timed_async(lambda: call(store), 5)
@@ -286,9 +310,12 @@ def raw_load_fn(connection: sqlite3.Connection, session_id: str) -> Callable[[],
     """Return a function reading one session's rows with raw SQL."""
 
     def load() -> Any:
-        session = connection.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        session = connection.execute(
+            "SELECT * FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
         messages = connection.execute(
-            "SELECT content, created_at, extra FROM messages WHERE session_id = ? ORDER BY position",
+            "SELECT content, created_at, extra FROM messages WHERE session_id = ? "
+            "ORDER BY position",
             (session_id,),
         ).fetchall()
         responses = connection.execute(
@@ -299,6 +326,11 @@ def raw_load_fn(connection: sqlite3.Connection, session_id: str) -> Callable[[],
         return session, messages, responses
 
     return load
+
+
+def us(seconds: float) -> str:
+    """Format a duration in microseconds."""
+    return f"{seconds * 1e6:,.0f} µs"
 
 
 def ratio(ours: float, floor: float) -> str:
@@ -339,7 +371,7 @@ def main() -> None:
                 "append one exchange, median (p95), NORMAL",
                 f"{ratio(statistics.median(ours), statistics.median(floor))} "
                 f"({ratio(quantile(ours, 0.95), quantile(floor, 0.95))}); "
-                f"{statistics.median(ours) * 1e6:.0f} µs vs raw {statistics.median(floor) * 1e6:.0f} µs",
+                f"{us(statistics.median(ours))} vs raw {us(statistics.median(floor))}",
                 "<= 6x",
                 statistics.median(ours) <= 6 * statistics.median(floor),
             )
@@ -347,9 +379,13 @@ def main() -> None:
         # 2 and 3. throughput with many writers
         for synchronous in ("NORMAL", "FULL"):
             rate, p99 = asyncio.run(
-                store_throughput(new_database(workdir, f"t-{synchronous}"), writers, appends, synchronous)
+                store_throughput(
+                    new_database(workdir, f"t-{synchronous}"), writers, appends, synchronous
+                )
             )
-            raw_rate = raw_throughput(new_database(workdir, f"tr-{synchronous}"), writers * appends, synchronous)
+            raw_rate = raw_throughput(
+                new_database(workdir, f"tr-{synchronous}"), writers * appends, synchronous
+            )
             figures.append(
                 Figure(
                     f"append throughput, {writers} coroutines, {synchronous}",
@@ -360,8 +396,12 @@ def main() -> None:
                 )
             )
         # 4. append cost with a long history
-        at_long = asyncio.run(store_append_samples(new_database(workdir, "h2"), long_history, repeat, "NORMAL"))
-        at_short = asyncio.run(store_append_samples(new_database(workdir, "h1"), 10, repeat, "NORMAL"))
+        at_long = asyncio.run(
+            store_append_samples(new_database(workdir, "h2"), long_history, repeat, "NORMAL")
+        )
+        at_short = asyncio.run(
+            store_append_samples(new_database(workdir, "h1"), 10, repeat, "NORMAL")
+        )
         growth = statistics.median(at_long) / statistics.median(at_short)
         figures.append(
             Figure(
@@ -378,7 +418,9 @@ def main() -> None:
             asyncio.run(migrate.upgrade(path))
             populate(path, size, 0, now=now)
             connection = raw_connection(path, "NORMAL")
-            raw50 = timed(lambda c=connection: c.execute(SUMMARY_SQL + " LIMIT 50").fetchall(), repeat)
+            raw50 = timed(
+                lambda c=connection: c.execute(SUMMARY_SQL + " LIMIT 50").fetchall(), repeat
+            )
             ours50 = asyncio.run(store_read_samples(path, lambda s: list_newest(s, 50), repeat))
             listed[size] = (statistics.median(ours50), statistics.median(raw50))
             if size == small:
@@ -394,10 +436,12 @@ def main() -> None:
         figures.append(
             Figure(
                 f"list newest 50 of {small:,} sessions, median",
-                f"{ratio(ours50_small, raw50_small)} raw ({ours50_small * 1e6:.0f} µs vs "
-                f"{raw50_small * 1e6:.0f} µs); file store {statistics.median(file_list) / ours50_small:,.0f}x slower",
+                f"{ratio(ours50_small, raw50_small)} raw ({us(ours50_small)} vs "
+                f"{us(raw50_small)}); file store "
+                f"{statistics.median(file_list) / ours50_small:,.0f}x slower",
                 "<= 25x raw, >= 100x faster than files",
-                ours50_small <= 25 * raw50_small and statistics.median(file_list) >= 100 * ours50_small,
+                ours50_small <= 25 * raw50_small
+                and statistics.median(file_list) >= 100 * ours50_small,
             )
         )
         scale = listed[large][0] / ours50_small
@@ -423,12 +467,14 @@ def main() -> None:
         connection = raw_connection(path, "NORMAL")
         raw_load = timed(raw_load_fn(connection, session_id), repeat)
         connection.close()
-        ours_load = asyncio.run(store_read_samples(path, lambda s: s.load_session(session_id), repeat))
+        ours_load = asyncio.run(
+            store_read_samples(path, lambda s: s.load_session(session_id), repeat)
+        )
         figures.append(
             Figure(
                 "load a session of 400 messages and 400 responses, median",
                 f"{ratio(statistics.median(ours_load), statistics.median(raw_load))} "
-                f"({statistics.median(ours_load) * 1e6:.0f} µs vs {statistics.median(raw_load) * 1e6:.0f} µs)",
+                f"({us(statistics.median(ours_load))} vs {us(statistics.median(raw_load))})",
                 "<= 2.5x",
                 statistics.median(ours_load) <= 2.5 * statistics.median(raw_load),
             )
@@ -436,7 +482,9 @@ def main() -> None:
         # 8. prune with nothing to prune
         path = workdir / f"list-{large}.db"
         nothing = PruneConfig(max_sessions=2 * large, ttl_hours=24 * 365)
-        ours_prune = asyncio.run(store_read_samples(path, lambda s: s.prune_sessions(nothing), repeat))
+        ours_prune = asyncio.run(
+            store_read_samples(path, lambda s: s.prune_sessions(nothing), repeat)
+        )
         empty = Session(user_id="empty")
 
         async def save_empty() -> None:
@@ -444,12 +492,14 @@ def main() -> None:
                 await store.save_session(empty)
 
         asyncio.run(save_empty())
-        ours_empty = asyncio.run(store_read_samples(path, lambda s: s.load_session(empty.id), repeat))
+        ours_empty = asyncio.run(
+            store_read_samples(path, lambda s: s.load_session(empty.id), repeat)
+        )
         figures.append(
             Figure(
                 f"prune with nothing to prune, {large:,} sessions, median",
-                f"{ratio(statistics.median(ours_prune), statistics.median(ours_empty))} a load of an "
-                f"empty session ({statistics.median(ours_prune) * 1e6:.0f} µs)",
+                f"{ratio(statistics.median(ours_prune), statistics.median(ours_empty))} a load "
+                f"of an empty session ({us(statistics.median(ours_prune))})",
                 "<= 3x",
                 statistics.median(ours_prune) <= 3 * statistics.median(ours_empty),
             )
@@ -474,23 +524,29 @@ def main() -> None:
         async def prune_many() -> tuple[float, int]:
             async with StateStore.open(template, synchronous="NORMAL") as store:
                 begin = time.perf_counter()
-                deleted = await store.prune_sessions(PruneConfig(max_sessions=prune_keep, ttl_hours=0))
+                deleted = await store.prune_sessions(
+                    PruneConfig(max_sessions=prune_keep, ttl_hours=0)
+                )
                 return time.perf_counter() - begin, deleted
 
         ours_prune_many, deleted = asyncio.run(prune_many())
         assert deleted == prune_total - prune_keep, deleted
         figures.append(
             Figure(
-                f"prune {prune_total:,} -> {prune_keep:,} sessions ({prune_messages} messages each)",
-                f"{ratio(ours_prune_many, raw_prune)} ({ours_prune_many:.2f} s vs {raw_prune:.2f} s)",
+                f"prune {prune_total:,} -> {prune_keep:,} sessions, {prune_messages} messages each",
+                f"{ratio(ours_prune_many, raw_prune)} "
+                f"({ours_prune_many:.2f} s vs {raw_prune:.2f} s)",
                 "<= 3x",
                 ours_prune_many <= 3 * raw_prune,
             )
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"statestore benchmark, {'quick' if quick else 'full'} run, Python {sys.version.split()[0]}, "
-          f"SQLite {sqlite3.sqlite_version}")
+    print(
+        f"statestore benchmark, {'quick' if quick else 'full'} run, "
+        f"Python {sys.version.split()[0]}, "
+        f"SQLite {sqlite3.sqlite_version}"
+    )
     report(figures)
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
-from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage
+from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage, runner
 from statestore.engine import resolve_url
 
 
@@ -59,20 +59,39 @@ async def test_file_with_question_mark_in_its_name_is_used_as_is(tmp_path: Path)
     assert path.is_file()
 
 
-async def test_every_connection_has_the_pragmas(store: StateStore) -> None:
-    """Each pooled connection has foreign keys on, WAL, a busy timeout and synchronous=FULL."""
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[sqlite3.Connection, list[str]]]:
+    """Record each connection the stores open from now on, with the SQL it runs."""
+    opened: list[tuple[sqlite3.Connection, list[str]]] = []
+    connect = runner._connect_sqlite
 
-    async def pragmas() -> tuple[Any, ...]:
-        async with store.engine.connect() as connection:
-            values = []
-            for pragma in ("foreign_keys", "journal_mode", "busy_timeout", "synchronous"):
-                values.append((await connection.exec_driver_sql(f"PRAGMA {pragma}")).scalar())
-            await asyncio.sleep(0.01)  # hold the connection so the others open new ones
-            return tuple(values)
+    def connect_and_trace(*args: Any) -> sqlite3.Connection:
+        connection = connect(*args)
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        opened.append((connection, statements))
+        return connection
 
-    results = await asyncio.gather(*(pragmas() for _ in range(4)))
+    monkeypatch.setattr(runner, "_connect_sqlite", connect_and_trace)
+    return opened
 
-    assert set(results) == {(1, "wal", 30000, 2)}
+
+async def test_every_store_connection_has_the_pragmas(
+    db_path: Path, traced: list[tuple[sqlite3.Connection, list[str]]]
+) -> None:
+    """The writer's and every reader's connection: foreign keys, WAL, timeout, FULL."""
+    async with StateStore.open(db_path) as store:
+        await asyncio.gather(*(store.list_sessions() for _ in range(8)))
+        pragmas = [
+            tuple(
+                connection.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("foreign_keys", "journal_mode", "busy_timeout", "synchronous")
+            )
+            for connection, _ in traced
+        ]
+
+    assert len(pragmas) >= 2
+    assert set(pragmas) == {(1, "wal", 30000, 2)}
 
 
 async def test_synchronous_normal_is_an_option(db_path: Path) -> None:
@@ -92,23 +111,18 @@ async def test_unknown_synchronous_level_is_rejected(db_path: Path) -> None:
         await StateStore.open(db_path, synchronous="OFF")  # type: ignore[arg-type]
 
 
-async def test_writes_begin_immediate_and_reads_begin_deferred(store: StateStore) -> None:
-    """A save runs in BEGIN IMMEDIATE; a load in a plain BEGIN."""
-    statements: list[str] = []
+async def test_writes_begin_immediate_and_reads_begin_deferred(
+    db_path: Path, traced: list[tuple[sqlite3.Connection, list[str]]]
+) -> None:
+    """A save runs in BEGIN IMMEDIATE; a load in a plain (deferred) BEGIN."""
+    async with StateStore.open(db_path) as store:
+        session = Session(user_id="u")
+        await store.save_session(session)
+        await store.load_session(session.id)
 
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(store.engine.sync_engine, "before_cursor_execute", record)
-    session = Session(user_id="u")
-    await store.save_session(session)
-    writes = [s for s in statements if s.startswith("BEGIN")]
-    statements.clear()
-    await store.load_session(session.id)
-    reads = [s for s in statements if s.startswith("BEGIN")]
-
-    assert writes == ["BEGIN IMMEDIATE"]
-    assert reads == ["BEGIN"]
+    [writer, reader] = [statements for _, statements in traced]
+    assert [s for s in writer if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
+    assert [s for s in reader if s.startswith("BEGIN")] == ["BEGIN"]
 
 
 async def test_resave_updates_in_place_without_deleting_the_session_row(

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from statestore import migrate
+from statestore.schema import metadata
 
 HOST_PROJECT = Path(__file__).parent / "host_project"
-STATESTORE_TABLES = {"sessions", "messages", "responses", "documents", migrate.VERSION_TABLE}
+STATESTORE_TABLES = {*metadata.tables, migrate.VERSION_TABLE}
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, insert
+from sqlalchemy import create_engine
 
 from statestore import SchemaVersionError, Session, StateStore, StateStoreError, migrate
-from statestore.codec import message_rows, response_rows, session_row
-from statestore.schema import documents, messages, responses, sessions
+from statestore.codec import SQLITE_TIME, message_rows, response_rows, session_row
 
 from .conftest import SAMPLE_DIR
 
@@ -35,33 +34,29 @@ def sample_sessions() -> list[Session]:
 
 
 def fill_at_first_revision(path: Path, stored: list[Session]) -> None:
-    """Write sessions and documents with the columns revision 0001 has, as 0.1 wrote them."""
-    engine = create_engine(f"sqlite:///{path}")
-    first_columns = {c.name for c in sessions.columns} - {"version"}
-    with engine.begin() as connection:
+    """Write sessions and a document with the columns revision 0001 has, as 0.1 wrote them."""
+    time = SQLITE_TIME
+    with sqlite3.connect(path) as connection:
         for session in stored:
-            row = {k: v for k, v in session_row(session).items() if k in first_columns}
-            connection.execute(insert(sessions), [row])
+            row = session_row(session, time, state_token=0)
+            del row["state_token"]
+            names = ", ".join(row)
+            values = ", ".join(f":{name}" for name in row)
+            connection.execute(f"INSERT INTO sessions ({names}) VALUES ({values})", row)
             for table, rows in (
-                (messages, message_rows(session.id, session.user_messages)),
-                (responses, response_rows(session.id, session.agent_responses)),
+                ("messages", message_rows(session.id, session.user_messages, time)),
+                ("responses", response_rows(session.id, session.agent_responses, time)),
             ):
-                if rows:
-                    connection.execute(insert(table), rows)
+                for child in rows:
+                    connection.execute(
+                        f"INSERT INTO {table} ({', '.join(child)}) "
+                        f"VALUES ({', '.join(':' + k for k in child)})",
+                        child,
+                    )
         connection.execute(
-            insert(documents),
-            [
-                {
-                    "category": "memory/notes",
-                    "name": "n",
-                    "kind": "markdown",
-                    "content": "# note",
-                    "created_at": stored[0].created_at,
-                    "updated_at": stored[0].created_at,
-                },
-            ],
+            "INSERT INTO documents VALUES ('memory/notes', 'n', 'markdown', '# note', :at, :at)",
+            {"at": time.bind(stored[0].created_at)},
         )
-    engine.dispose()
 
 
 def table_dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:

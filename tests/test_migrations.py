@@ -18,7 +18,7 @@ from statestore.migrate import VERSION_TABLE, alembic_config
 from statestore.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = {"sessions", "messages", "responses", "documents"}
+TABLES = set(metadata.tables)
 
 
 def tables(path: Path) -> set[str]:

@@ -12,33 +12,50 @@ with an :class:`InvalidDataError` naming the field, and the stored state stays a
 
 Coming out, rows are trusted (they passed these checks) and become models without being
 validated again.
+
+Rows here are in storage form, the parameters of the statements in :mod:`statestore.sql`:
+JSON as text, timestamps as the backend stores them (a :data:`TimeCodec` says how).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from statestore.errors import InvalidDataError
-from statestore.models import AgentResponse, Session, SessionSummary, UserMessage
+from statestore.models import (
+    AgentResponse,
+    Session,
+    SessionSummary,
+    SessionTail,
+    StoredState,
+    UserMessage,
+    build,
+    edit_count,
+)
 from statestore.names import check_name
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "POSTGRESQL_TIME",
     "PROJECT_METADATA_KEY",
+    "SQLITE_TIME",
+    "TimeCodec",
     "check_json",
     "check_text",
     "dump_json_document",
     "message_rows",
+    "project_id_of",
     "response_rows",
     "session_from_rows",
     "session_row",
     "summary_from_row",
+    "tail_from_rows",
 ]
 
 MAX_JSON_DEPTH = 64
@@ -102,20 +119,57 @@ def _check_timestamp(field: str, value: object) -> None:
         raise InvalidDataError(field, "is a naive datetime; give it a time zone (UTC)")
 
 
+class TimeCodec:
+    """How one backend stores timestamps: ``bind`` an aware datetime, ``read`` one back."""
+
+    def __init__(self, bind: Callable[[datetime], Any], read: Callable[[Any], datetime]) -> None:
+        self.bind = bind
+        self.read = read
+
+
+def _bind_sqlite_time(moment: datetime) -> str:
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def _read_sqlite_time(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _to_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+SQLITE_TIME = TimeCodec(_bind_sqlite_time, _read_sqlite_time)
+"""SQLite: UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``, so text order is time order."""
+
+POSTGRESQL_TIME = TimeCodec(_to_utc, _to_utc)
+"""PostgreSQL: ``timestamptz``."""
+
+
+def _dump_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _load_json(text: Any) -> Any:
+    return json.loads(text) if isinstance(text, str | bytes) else text
+
+
 def dump_json_document(field: str, data: object) -> str:
     """Check ``data`` (a JSON-able value or a pydantic model) and return its JSON text."""
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
     check_json(field, data)
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return _dump_json(data)
 
 
-def _extra(field: str, model: BaseModel) -> dict[str, Any] | None:
+def _extra(field: str, model: BaseModel) -> str | None:
     extra = model.model_extra
     if not extra:
         return None
     check_json(field, extra)
-    return dict(extra)
+    return _dump_json(extra)
 
 
 def project_id_of(session_metadata: Mapping[str, Any]) -> str | None:
@@ -124,7 +178,7 @@ def project_id_of(session_metadata: Mapping[str, Any]) -> str | None:
     return project if isinstance(project, str) else None
 
 
-def session_row(session: Session) -> dict[str, Any]:
+def session_row(session: Session, time: TimeCodec, state_token: int) -> dict[str, Any]:
     """Check a session's own fields and return its ``sessions`` row."""
     if not isinstance(session, Session):
         raise InvalidDataError("session", f"must be a Session, not {type(session).__name__}")
@@ -137,6 +191,10 @@ def session_row(session: Session) -> dict[str, Any]:
     if not isinstance(session.metadata, dict):
         raise InvalidDataError("metadata", "must be a dict")
     check_json("metadata", session.metadata)
+    if not isinstance(session.user_messages, list):
+        raise InvalidDataError("user_messages", "must be a list")
+    if not isinstance(session.agent_responses, list):
+        raise InvalidDataError("agent_responses", "must be a list")
     return {
         "id": session.id,
         "user_id": session.user_id,
@@ -145,16 +203,16 @@ def session_row(session: Session) -> dict[str, Any]:
         "project_id": project_id_of(session.metadata),
         "message_count": len(session.user_messages),
         "response_count": len(session.agent_responses),
-        "created_at": session.created_at,
-        "updated_at": session.updated_at,
-        "metadata": session.metadata,
+        "created_at": time.bind(session.created_at),
+        "updated_at": time.bind(session.updated_at),
+        "metadata": _dump_json(session.metadata),
         "extra": _extra("session", session),
-        "version": 1,
+        "state_token": state_token,
     }
 
 
 def message_rows(
-    session_id: str, messages: Sequence[UserMessage], start: int = 0
+    session_id: str, messages: Sequence[UserMessage], time: TimeCodec, start: int = 0
 ) -> list[dict[str, Any]]:
     """Check user messages and return their ``messages`` rows, positions from ``start``."""
     rows = []
@@ -169,7 +227,7 @@ def message_rows(
                 "session_id": session_id,
                 "position": position,
                 "content": message.content,
-                "created_at": message.timestamp,
+                "created_at": time.bind(message.timestamp),
                 "extra": _extra(field, message),
             }
         )
@@ -177,7 +235,7 @@ def message_rows(
 
 
 def response_rows(
-    session_id: str, responses: Sequence[AgentResponse], start: int = 0
+    session_id: str, responses: Sequence[AgentResponse], time: TimeCodec, start: int = 0
 ) -> list[dict[str, Any]]:
     """Check agent responses and return their ``responses`` rows, positions from ``start``."""
     rows = []
@@ -205,58 +263,113 @@ def response_rows(
                 "seed_id": response.seed_id,
                 "phase_reached": response.phase_reached,
                 "evaluation_passed": response.evaluation_passed,
-                "created_at": response.timestamp,
+                "created_at": time.bind(response.timestamp),
                 "extra": _extra(field, response),
             }
         )
     return rows
 
 
-def _message(row: Any) -> UserMessage:
-    extra = row.extra or {}
-    return UserMessage.model_construct(content=row.content, timestamp=row.created_at, **extra)
+def _messages(rows: Iterable[Sequence[Any]], read: Callable[[Any], datetime]) -> list[UserMessage]:
+    # Row: position, content, created_at, extra.
+    return [
+        build(
+            UserMessage,
+            {"content": row[1], "timestamp": read(row[2])},
+            _load_json(row[3]) if row[3] is not None else {},
+        )
+        for row in rows
+    ]
 
 
-def _response(row: Any) -> AgentResponse:
-    extra = row.extra or {}
-    return AgentResponse.model_construct(
-        content=row.content,
-        session_id=row.reported_session_id,
-        seed_id=row.seed_id,
-        phase_reached=row.phase_reached,
-        evaluation_passed=row.evaluation_passed,
-        timestamp=row.created_at,
-        **extra,
-    )
+def _responses(
+    rows: Iterable[Sequence[Any]], read: Callable[[Any], datetime]
+) -> list[AgentResponse]:
+    # Row: position, content, reported_session_id, seed_id, phase_reached,
+    # evaluation_passed, created_at, extra.
+    return [
+        build(
+            AgentResponse,
+            {
+                "content": row[1],
+                "session_id": row[2],
+                "seed_id": row[3],
+                "phase_reached": row[4],
+                "evaluation_passed": None if row[5] is None else bool(row[5]),
+                "timestamp": read(row[6]),
+            },
+            _load_json(row[7]) if row[7] is not None else {},
+        )
+        for row in rows
+    ]
 
 
 def session_from_rows(
-    session: Any, message_rows: Iterable[Any], response_rows: Iterable[Any]
+    row: Sequence[Any],
+    message_rows: Iterable[Sequence[Any]],
+    response_rows: Iterable[Sequence[Any]],
+    time: TimeCodec,
 ) -> Session:
-    """Build a :class:`Session` from its ``sessions`` row and its ordered child rows."""
-    extra = session.extra or {}
-    return Session.model_construct(
-        id=session.id,
-        user_id=session.user_id,
-        user_messages=[_message(row) for row in message_rows],
-        agent_responses=[_response(row) for row in response_rows],
-        active_seed_id=session.active_seed_id,
-        active_persona_id=session.active_persona_id,
-        created_at=session.created_at,
-        updated_at=session.updated_at,
-        metadata=session.metadata,
-        **extra,
+    """Build a :class:`Session` from its row (``sql.LOAD_SESSION``) and its child rows.
+
+    The session remembers the state it was loaded as, so saving it after appending writes
+    only the appended rows.
+    """
+    # Row: id, user_id, active_seed_id, active_persona_id, message_count, response_count,
+    # created_at, updated_at, metadata, extra, state_token.
+    messages = _messages(message_rows, time.read)
+    responses = _responses(response_rows, time.read)
+    stored = StoredState(row[10], list(messages), list(responses), edit_count())
+    return build(
+        Session,
+        {
+            "id": row[0],
+            "user_id": row[1],
+            "user_messages": messages,
+            "agent_responses": responses,
+            "active_seed_id": row[2],
+            "active_persona_id": row[3],
+            "created_at": time.read(row[6]),
+            "updated_at": time.read(row[7]),
+            "metadata": _load_json(row[8]),
+        },
+        _load_json(row[9]) if row[9] is not None else {},
+        {"_stored": stored},
     )
 
 
-def summary_from_row(row: Any) -> SessionSummary:
-    """Build a :class:`SessionSummary` from the summary columns of a ``sessions`` row."""
-    return SessionSummary.model_construct(
-        id=row.id,
-        user_id=row.user_id,
-        message_count=row.message_count,
-        active_seed_id=row.active_seed_id,
-        project_id=row.project_id,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+def tail_from_rows(
+    row: Sequence[Any],
+    message_start: int,
+    response_start: int,
+    message_rows: Iterable[Sequence[Any]],
+    response_rows: Iterable[Sequence[Any]],
+    time: TimeCodec,
+) -> SessionTail:
+    """Build a :class:`SessionTail` from a session row and its last child rows."""
+    return SessionTail(
+        session_id=row[0],
+        user_id=row[1],
+        message_count=row[4],
+        response_count=row[5],
+        message_start=message_start,
+        response_start=response_start,
+        user_messages=_messages(message_rows, time.read),
+        agent_responses=_responses(response_rows, time.read),
+    )
+
+
+def summary_from_row(row: Sequence[Any], time: TimeCodec) -> SessionSummary:
+    """Build a :class:`SessionSummary` from a ``sql.SESSION_SUMMARIES`` row."""
+    return build(
+        SessionSummary,
+        {
+            "id": row[0],
+            "user_id": row[1],
+            "message_count": row[2],
+            "active_seed_id": row[3],
+            "project_id": row[4],
+            "created_at": time.read(row[5]),
+            "updated_at": time.read(row[6]),
+        },
     )

@@ -13,6 +13,7 @@ This is also the one place where SQLAlchemy and driver errors become :class:`Dat
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -142,5 +143,5 @@ def database_errors(operation: str) -> Iterator[None]:
         raise DatabaseError(f"{operation} failed: {error.orig or error}") from error
     except exc.SQLAlchemyError as error:
         raise DatabaseError(f"{operation} failed: {error}") from error
-    except OSError as error:
+    except (sqlite3.Error, OSError) as error:
         raise DatabaseError(f"{operation} failed: {error}") from error

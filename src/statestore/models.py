@@ -12,8 +12,9 @@ an aware one in another zone is converted to UTC.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -22,12 +23,23 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     SerializerFunctionWrapHandler,
     model_serializer,
     model_validator,
 )
 
-__all__ = ["AgentResponse", "Session", "SessionSummary", "UserMessage", "format_timestamp"]
+__all__ = [
+    "AgentResponse",
+    "Session",
+    "SessionSummary",
+    "SessionTail",
+    "StoredState",
+    "UserMessage",
+    "build",
+    "edit_count",
+    "format_timestamp",
+]
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -62,23 +74,39 @@ UTCTimestamp = Annotated[
 """An aware datetime kept in UTC and written as RFC 3339 with ``Z``."""
 
 
-class UserMessage(BaseModel):
-    """One message a user sent."""
+_edits = 0
+"""Bumped whenever any message's field is assigned; see :class:`StoredState`."""
+
+
+def edit_count() -> int:
+    """Return how many message-field assignments this process has made so far."""
+    return _edits
+
+
+class _Message(BaseModel):
+    """A message or response: assigning one of its fields is counted (see ``edit_count``)."""
 
     model_config = ConfigDict(extra="allow")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        global _edits
+        super().__setattr__(name, value)
+        _edits += 1
+
+
+class UserMessage(_Message):
+    """One message a user sent."""
 
     content: str
     timestamp: UTCTimestamp = Field(default_factory=_now)
 
 
-class AgentResponse(BaseModel):
+class AgentResponse(_Message):
     """One response the agent gave, with what the agent reports about it.
 
     ``session_id`` is what the agent reported, which the file store kept as given; it may be
     ``None`` or even name another session. The session that holds the response is its owner.
     """
-
-    model_config = ConfigDict(extra="allow")
 
     content: str
     session_id: str | None = None
@@ -88,13 +116,44 @@ class AgentResponse(BaseModel):
     timestamp: UTCTimestamp = Field(default_factory=_now)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a session object was last loaded as or saved as, for delta saves.
+
+    Attributes:
+        token: The ``state_token`` the stored row had then.
+        user_messages: The message objects stored then, in order.
+        agent_responses: The response objects stored then, in order.
+        edits: :func:`edit_count` then; if it has moved, a message may have been edited.
+    """
+
+    token: int
+    user_messages: list[UserMessage]
+    agent_responses: list[AgentResponse]
+    edits: int
+
+    def appended_only(self, session: Session) -> bool:
+        """Return whether ``session`` differs from this state only by appended items."""
+        stored_messages = len(self.user_messages)
+        stored_responses = len(self.agent_responses)
+        # List equality checks identity first, element by element, in C.
+        return (
+            self.edits == _edits
+            and session.user_messages[:stored_messages] == self.user_messages
+            and session.agent_responses[:stored_responses] == self.agent_responses
+        )
+
+
 class Session(BaseModel):
     """One conversation: the user's messages, the agent's responses and the session's state.
 
     Every mutator method sets ``updated_at`` to now. Assigning fields directly does not.
+    Equality compares the conversation state only, not where it was loaded from.
     """
 
     model_config = ConfigDict(extra="allow")
+
+    _stored: StoredState | None = PrivateAttr(default=None)
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     user_id: str
@@ -125,6 +184,15 @@ class Session(BaseModel):
                 if key in dumped and dumped[key] is None:
                     del dumped[key]
         return dumped
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Session):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.__dict__ == other.__dict__
+            and self.__pydantic_extra__ == other.__pydantic_extra__
+        )
 
     def _touch(self) -> None:
         self.updated_at = _now()
@@ -183,3 +251,58 @@ class SessionSummary(BaseModel):
     project_id: str | None
     created_at: UTCTimestamp
     updated_at: UTCTimestamp
+
+
+class SessionTail(BaseModel):
+    """The last messages and responses of a session, read without the rest of its history.
+
+    Not a :class:`Session`, so it cannot be saved back as if it were the whole session.
+    ``user_messages[i]`` sits at position ``message_start + i`` of the full history, and
+    ``agent_responses[i]`` at ``response_start + i``.
+    """
+
+    session_id: str
+    user_id: str
+    message_count: int
+    response_count: int
+    message_start: int
+    response_start: int
+    user_messages: list[UserMessage]
+    agent_responses: list[AgentResponse]
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def build(
+    model: type[ModelT],
+    fields: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    private: dict[str, Any] | None = None,
+) -> ModelT:
+    """Make a model from trusted, complete field values without validating them.
+
+    Like ``model_construct`` without its per-field bookkeeping: rows coming out of the
+    database passed statestore's checks on the way in, and this runs once per row.
+    ``fields`` must hold every declared field; ``extra`` is required (a dict, possibly
+    empty) for models that keep unknown fields.
+    """
+    instance = _new_object(model)
+    _set_slot(instance, "__dict__", fields)
+    # Every declared field is set; the set is shared because it can never grow.
+    _set_slot(instance, "__pydantic_fields_set__", _all_fields(model))
+    _set_slot(instance, "__pydantic_extra__", extra)
+    _set_slot(instance, "__pydantic_private__", private)
+    return instance
+
+
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_FIELD_SETS: dict[type[BaseModel], set[str]] = {}
+
+
+def _all_fields(model: type[BaseModel]) -> set[str]:
+    names = _FIELD_SETS.get(model)
+    if names is None:
+        names = _FIELD_SETS[model] = set(model.__pydantic_fields__)
+    return names

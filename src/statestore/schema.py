@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -35,6 +36,7 @@ from sqlalchemy.types import TypeDecorator
 __all__ = [
     "DOCUMENT_KINDS",
     "UTCDateTime",
+    "counters",
     "documents",
     "messages",
     "metadata",
@@ -117,9 +119,16 @@ sessions = Table(
         server_default=text("0"),
         comment="How many times the session was saved.",
     ),
+    Column(
+        "state_token",
+        BigInteger,
+        nullable=False,
+        server_default=text("0"),
+        comment="Random id of the stored state; new on every save.",
+    ),
     Index(None, "updated_at", "id"),
-    Index(None, "user_id", "updated_at"),
-    Index(None, "project_id", "updated_at"),
+    Index(None, "user_id", "updated_at", "id"),
+    Index(None, "project_id", "updated_at", "id"),
 )
 
 messages = Table(
@@ -173,4 +182,16 @@ documents = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint("kind IN ('markdown', 'json')", name="kind"),
+)
+
+counters = Table(
+    "statestore_counters",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column(
+        "value",
+        BigInteger,
+        nullable=False,
+        comment="Row 'sessions': the number of sessions, kept by triggers on sessions.",
+    ),
 )

@@ -3,36 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
-from contextlib import asynccontextmanager
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
-from sqlalchemy import URL, Insert, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore import codec
+from statestore import codec, queries
 from statestore import migrate as migrations
-from statestore.engine import (
-    Synchronous,
-    create_engine,
-    database_errors,
-    prepare_engine,
-    resolve_url,
-    write_connection,
-)
-from statestore.errors import InvalidDataError, StoreClosedError
-from statestore.models import Session, SessionSummary
+from statestore.engine import Synchronous, create_engine, prepare_engine, resolve_url
+from statestore.errors import InvalidDataError, StateStoreError, StoreClosedError
+from statestore.models import Session, SessionSummary, SessionTail, StoredState, edit_count
 from statestore.names import SESSIONS_CATEGORY, check_category, check_name
 from statestore.prune import PruneConfig, PruneThrottle
-from statestore.schema import documents, messages, responses, sessions
+from statestore.runner import AlchemyRunner, Runner, SQLiteRunner
+from statestore.tx import Tx
 
 __all__ = ["StateStore"]
 
@@ -42,39 +37,12 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 ResultT = TypeVar("ResultT")
 SessionUpdate = Callable[[Session], Session | Awaitable[Session | None] | None]
 
-_SUMMARY_COLUMNS = (
-    sessions.c.id,
-    sessions.c.user_id,
-    sessions.c.message_count,
-    sessions.c.active_seed_id,
-    sessions.c.project_id,
-    sessions.c.created_at,
-    sessions.c.updated_at,
+PRUNE_BATCH = 1_000
+"""Sessions deleted per prune transaction, so that saves interleave with a large prune."""
+
+_updating: contextvars.ContextVar[StateStore | None] = contextvars.ContextVar(
+    "statestore_updating", default=None
 )
-_NEWEST_FIRST = (sessions.c.updated_at.desc(), sessions.c.id.desc())
-
-
-def _upsert(
-    table: Any,
-    dialect_name: str,
-    keys: tuple[str, ...],
-    keep: tuple[str, ...] = (),
-    **computed: Any,
-) -> Insert:
-    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` of every column but ``keys`` and ``keep``.
-
-    ``computed`` gives SQL expressions for columns set from the stored row on update.
-    """
-    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    statement = insert(table)
-    unchanged = {*keys, *keep, *computed}
-    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in unchanged}
-    return statement.on_conflict_do_update(index_elements=list(keys), set_={**updates, **computed})
-
-
-def _insert_if_missing(table: Any, dialect_name: str) -> Insert:
-    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    return insert(table).on_conflict_do_nothing()
 
 
 class _Opening:
@@ -109,34 +77,43 @@ class StateStore:
     :meth:`close` (or use ``async with``) when done. Closing a wrapped engine's store does not
     dispose of the engine.
 
-    Every write is one transaction: a save replaces the whole stored session or nothing.
-    On SQLite, writes in one store are serialized and begin with ``BEGIN IMMEDIATE``; a
-    write whose caller is cancelled still runs to its commit or rollback, so the write lock
-    is never left held.
+    Every write is one transaction. On SQLite, a store's writes go through one writer
+    thread that commits the saves queued together in one transaction (group commit), and
+    reads run in their own threads; a write whose caller is cancelled still runs to its
+    commit or rollback, so the write lock is never left held.
 
     Args:
-        engine: An async SQLAlchemy engine on SQLite (aiosqlite) or PostgreSQL (asyncpg)
-            whose database has statestore's schema (see :mod:`statestore.migrate`).
+        engine: An async SQLAlchemy engine on a SQLite file (aiosqlite) or PostgreSQL
+            (asyncpg) whose database has statestore's schema (see :mod:`statestore.migrate`).
+        synchronous: SQLite's ``synchronous`` level for the store's own connections.
+        busy_timeout: Seconds a SQLite connection waits for another process's lock.
+
+    Raises:
+        InvalidDataError: The engine is on an in-memory SQLite database.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        prepare_engine(engine)
+    def __init__(
+        self, engine: AsyncEngine, *, synchronous: Synchronous = "FULL", busy_timeout: float = 30.0
+    ) -> None:
+        prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000))
         self._engine = engine
         self._owns_engine = False
         self._closed = False
-        self._write_lock = asyncio.Lock()
-        self._writes: set[asyncio.Task[Any]] = set()
         self._prunes: set[asyncio.Task[None]] = set()
-        dialect_name = engine.dialect.name
-        self._upsert_session = _upsert(
-            sessions, dialect_name, ("id",), version=sessions.c.version + 1
-        )
-        self._upsert_message = _upsert(messages, dialect_name, ("session_id", "position"))
-        self._upsert_response = _upsert(responses, dialect_name, ("session_id", "position"))
-        self._upsert_document = _upsert(
-            documents, dialect_name, ("category", "name", "kind"), keep=("created_at",)
-        )
-        self._insert_session_if_missing = _insert_if_missing(sessions, dialect_name)
+        self._runner: Runner
+        if engine.dialect.name == "sqlite":
+            path = engine.url.database
+            if not path or path == ":memory:" or "mode=memory" in path:
+                raise InvalidDataError(
+                    "target", "statestore needs a SQLite file, not an in-memory database"
+                )
+            self._runner = SQLiteRunner(
+                path, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000)
+            )
+            self._time = codec.SQLITE_TIME
+        else:
+            self._runner = AlchemyRunner(engine)
+            self._time = codec.POSTGRESQL_TIME
 
     @classmethod
     def open(
@@ -153,7 +130,7 @@ class StateStore:
         ``async with StateStore.open(...) as store:``.
 
         Args:
-            target: A filesystem path (SQLite through aiosqlite) or a URL such as
+            target: A filesystem path (SQLite) or a URL such as
                 ``"postgresql+asyncpg://host/db"``.
             migrate: Bring the schema to the newest revision first. With ``False`` the
                 database must already be at it.
@@ -180,7 +157,7 @@ class StateStore:
                     await migrations.upgrade(engine)
                 else:
                     await migrations.check(engine)
-                store = cls(engine)
+                store = cls(engine, synchronous=synchronous, busy_timeout=busy_timeout)
             except BaseException:
                 await engine.dispose()
                 raise
@@ -195,15 +172,16 @@ class StateStore:
         return self._engine
 
     async def close(self) -> None:
-        """Finish pending writes and background prunes, then release connections.
+        """Finish queued writes and background prunes, then release every connection.
 
         Idempotent. A store that opened its own engine disposes of it.
         """
         if self._closed:
             return
-        while pending := [*self._writes, *self._prunes]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        while self._prunes:
+            await asyncio.gather(*self._prunes, return_exceptions=True)
         self._closed = True
+        await self._runner.close()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -218,128 +196,161 @@ class StateStore:
     ) -> None:
         await self.close()
 
-    # -- transactions -----------------------------------------------------------------
+    # -- plumbing -----------------------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosedError("this StateStore is closed")
 
-    @asynccontextmanager
-    async def _reading(self, operation: str) -> AsyncIterator[AsyncConnection]:
+    async def _read(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
         self._check_open()
-        with database_errors(operation):
-            async with self._engine.connect() as connection, connection.begin():
-                yield connection
+        return await self._runner.read(operation, body)
 
     async def _write(
-        self, operation: str, work: Callable[[AsyncConnection], Awaitable[ResultT]]
+        self, operation: str, body: Callable[[Tx], ResultT], *, batch_key: str | None = None
     ) -> ResultT:
-        """Run ``work`` in one write transaction that the caller's cancellation cannot cut."""
         self._check_open()
-        task = asyncio.ensure_future(self._write_unit(operation, work))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        return await asyncio.shield(task)
-
-    async def _write_unit(
-        self, operation: str, work: Callable[[AsyncConnection], Awaitable[ResultT]]
-    ) -> ResultT:
-        async with self._write_lock:
-            with database_errors(operation):
-                async with self._engine.connect() as connection:
-                    connection = await write_connection(connection)
-                    async with connection.begin():
-                        return await work(connection)
-
-    # -- sessions ---------------------------------------------------------------------
-
-    async def _save_in(self, connection: AsyncConnection, session: Session) -> None:
-        session_row = codec.session_row(session)
-        message_rows = codec.message_rows(session.id, session.user_messages)
-        response_rows = codec.response_rows(session.id, session.agent_responses)
-        await connection.execute(self._upsert_session, [session_row])
-        for table, upsert, rows in (
-            (messages, self._upsert_message, message_rows),
-            (responses, self._upsert_response, response_rows),
-        ):
-            await connection.execute(
-                delete(table).where(table.c.session_id == session.id, table.c.position >= len(rows))
+        if _updating.get() is self:
+            raise StateStoreError(
+                f"{operation} called from inside update_session_with's fn, which holds this "
+                "store's write transaction: change the session passed to fn instead"
             )
-            if rows:
-                await connection.execute(upsert, rows)
+        return await self._runner.write(operation, body, batch_key=batch_key)
+
+    def _save_job(self, session: Session) -> tuple[queries.SaveJob, Callable[[], None]]:
+        """Check a session and prepare its save; return it and what to do once committed."""
+        token = secrets.randbits(63)
+        edits = edit_count()
+        row = codec.session_row(session, self._time, token)
+        messages = list(session.user_messages)
+        responses = list(session.agent_responses)
+        stored = session._stored
+        if stored is not None and stored.appended_only(session):
+            expected: int | None = stored.token
+            message_start, response_start = len(stored.user_messages), len(stored.agent_responses)
+        else:
+            expected, message_start, response_start = None, 0, 0
+        job = queries.SaveJob(
+            session_id=session.id,
+            session_row=row,
+            expected_token=expected,
+            message_rows=codec.message_rows(
+                session.id, messages[message_start:], self._time, message_start
+            ),
+            response_rows=codec.response_rows(
+                session.id, responses[response_start:], self._time, response_start
+            ),
+            user_messages=messages,
+            agent_responses=responses,
+        )
+
+        def remember() -> None:
+            session._stored = StoredState(token, messages, responses, edits)
+
+        return job, remember
+
+    # -- sessions -----------------------------------------------------------------------
 
     async def save_session(self, session: Session) -> None:
         """Store ``session`` whole: loading it again returns exactly this state.
 
-        The session row is upserted and its messages and responses replaced in one
-        transaction, so a stale copy saved over a newer one wins whole (last save wins).
+        A session that was loaded (or saved) through this store and since only had
+        messages and responses appended writes just the session row and the new rows;
+        anything else -- edits, removals, a copy whose stored state changed since it was
+        loaded -- rewrites the session whole, so the last save wins, whole.
 
         Raises:
             InvalidNameError: The session id breaks the naming rules.
             InvalidDataError: A field cannot be stored (the error names it); nothing is written.
             DatabaseError: The database failed; nothing is written.
         """
-        codec.session_row(session)
-
-        async def work(connection: AsyncConnection) -> None:
-            await self._save_in(connection, session)
-
-        await self._write("save_session", work)
+        job, remember = self._save_job(session)
+        await self._write(
+            "save_session", partial(queries.save_session, job=job), batch_key=session.id
+        )
+        remember()
 
     async def update_session(self, session: Session) -> None:
         """Same as :meth:`save_session`."""
         await self.save_session(session)
 
-    async def _load_in(self, connection: AsyncConnection, session_id: str) -> Session | None:
-        result = await connection.execute(select(sessions).where(sessions.c.id == session_id))
-        row = result.first()
-        if row is None:
-            return None
-        message_rows: Any = ()
-        if row.message_count:
-            message_rows = await connection.execute(
-                select(messages.c.content, messages.c.created_at, messages.c.extra)
-                .where(messages.c.session_id == session_id)
-                .order_by(messages.c.position)
-            )
-        response_rows: Any = ()
-        if row.response_count:
-            response_rows = await connection.execute(
-                select(
-                    responses.c.content,
-                    responses.c.reported_session_id,
-                    responses.c.seed_id,
-                    responses.c.phase_reached,
-                    responses.c.evaluation_passed,
-                    responses.c.created_at,
-                    responses.c.extra,
-                )
-                .where(responses.c.session_id == session_id)
-                .order_by(responses.c.position)
-            )
-        return codec.session_from_rows(row, message_rows, response_rows)
-
     async def load_session(self, session_id: str) -> Session | None:
         """Return the stored session with this id, or ``None`` if there is none."""
         check_name(session_id, kind="session id")
-        async with self._reading("load_session") as connection:
-            return await self._load_in(connection, session_id)
+        return await self._read(
+            "load_session", partial(queries.load_session, session_id=session_id)
+        )
 
-    async def list_sessions(self) -> list[SessionSummary]:
-        """Return a summary of every session, most recently updated first (ties by id)."""
-        async with self._reading("list_sessions") as connection:
-            result = await connection.execute(select(*_SUMMARY_COLUMNS).order_by(*_NEWEST_FIRST))
-            return [codec.summary_from_row(row) for row in result]
+    async def load_tail(self, session_id: str, count: int) -> SessionTail | None:
+        """Return a session's last ``count`` messages and responses with their positions.
+
+        Reads only those rows, however long the history: for building a prompt. The result
+        is a :class:`SessionTail`, not a :class:`Session`, so it cannot be saved as one.
+        """
+        check_name(session_id, kind="session id")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise InvalidDataError("count", f"must be an int >= 0, not {count!r}")
+        return await self._read(
+            "load_tail", partial(queries.load_tail, session_id=session_id, count=count)
+        )
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        limit: int | None = None,
+        after: SessionSummary | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[SessionSummary]:
+        """Return session summaries, most recently updated first (ties: higher id first).
+
+        With no arguments, every session. Never reads messages.
+
+        Args:
+            user_id: Only this user's sessions.
+            project_id: Only sessions of this project.
+            limit: At most this many (a page).
+            after: Only sessions listed after this summary: pass a page's last summary to
+                get the next page.
+            updated_before: Only sessions last updated before this instant.
+        """
+        conditions: list[str] = []
+        params: dict[str, Any] = {}
+        if user_id is not None:
+            codec.check_text("user_id", user_id)
+            conditions.append("user_id = :user_id")
+            params["user_id"] = user_id
+        if project_id is not None:
+            codec.check_text("project_id", project_id)
+            conditions.append("project_id = :project_id")
+            params["project_id"] = project_id
+        if after is not None:
+            if not isinstance(after, SessionSummary):
+                raise InvalidDataError("after", "must be a SessionSummary from a listing")
+            conditions.append("(updated_at, id) < (:after_updated_at, :after_id)")
+            params["after_updated_at"] = self._time.bind(after.updated_at)
+            params["after_id"] = after.id
+        if updated_before is not None:
+            if not isinstance(updated_before, datetime) or updated_before.tzinfo is None:
+                raise InvalidDataError("updated_before", "must be a timezone-aware datetime")
+            conditions.append("updated_at < :updated_before")
+            params["updated_before"] = self._time.bind(updated_before)
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise InvalidDataError("limit", f"must be an int >= 1, not {limit!r}")
+        return await self._read(
+            "list_sessions",
+            partial(queries.list_summaries, conditions=conditions, params=params, limit=limit),
+        )
 
     async def delete_session(self, session_id: str) -> bool:
         """Delete a session with its messages and responses; return whether it existed."""
         check_name(session_id, kind="session id")
-
-        async def work(connection: AsyncConnection) -> bool:
-            result = await connection.execute(delete(sessions).where(sessions.c.id == session_id))
-            return result.rowcount > 0
-
-        return await self._write("delete_session", work)
+        return await self._write(
+            "delete_session", partial(queries.delete_session, session_id=session_id)
+        )
 
     async def get_or_create_session(self, user_id: str, session_id: str | None = None) -> Session:
         """Return the session with ``session_id``, creating and saving it when missing.
@@ -352,23 +363,26 @@ class StateStore:
             new_session = Session(user_id=user_id)
         else:
             new_session = Session(user_id=user_id, id=check_name(session_id, kind="session id"))
-        row = codec.session_row(new_session)
+        job, remember = self._save_job(new_session)
 
-        async def work(connection: AsyncConnection) -> Session:
-            result = await connection.execute(self._insert_session_if_missing, [row])
-            if result.rowcount:
-                return new_session
-            existing = await self._load_in(connection, new_session.id)
-            assert existing is not None, "a conflicting session row must exist"
+        def body(tx: Tx) -> Session | None:
+            if queries.insert_session_if_missing(tx, job.session_row):
+                return None
+            return queries.load_session(tx, new_session.id)
+
+        existing = await self._write("get_or_create_session", body)
+        if existing is not None:
             return existing
-
-        return await self._write("get_or_create_session", work)
+        remember()
+        return new_session
 
     async def update_session_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
         """Load a session, apply ``fn`` to it, and save it, all in one write transaction.
 
-        ``fn`` (sync or async) changes the session in place or returns a replacement.
-        Concurrent calls on one session never lose each other's changes.
+        ``fn`` (sync or async) changes the session in place or returns a replacement. It
+        runs on the event loop while the store's write transaction is held, so it must not
+        write through this store (reads are fine); keep it short. Concurrent calls on one
+        session never lose each other's changes.
 
         Returns:
             The saved session, or ``None`` if no session has this id (``fn`` is not called).
@@ -378,49 +392,76 @@ class StateStore:
             InvalidDataError: ``fn`` left the session unstorable or changed its id.
         """
         check_name(session_id, kind="session id")
+        outcome: dict[str, Any] = {}
 
-        async def work(connection: AsyncConnection) -> Session | None:
-            session = await self._load_in(connection, session_id)
-            if session is None:
-                return None
-            outcome = fn(session)
-            if inspect.isawaitable(outcome):
-                outcome = await outcome
-            if isinstance(outcome, Session):
-                session = outcome
+        async def apply(session: Session) -> queries.SaveJob:
+            marker = _updating.set(self)
+            try:
+                returned = fn(session)
+                if inspect.isawaitable(returned):
+                    returned = await returned
+            finally:
+                _updating.reset(marker)
+            if isinstance(returned, Session):
+                session = returned
             if session.id != session_id:
                 raise InvalidDataError("id", f"fn changed the session id to {session.id!r}")
-            await self._save_in(connection, session)
-            return session
+            job, outcome["remember"] = self._save_job(session)
+            outcome["session"] = session
+            return job
 
-        return await self._write("update_session_with", work)
+        def body(tx: Tx) -> bool:
+            session = queries.load_session(tx, session_id, lock=True)
+            if session is None:
+                return False
+            queries.save_session(tx, tx.call_in_loop(apply(session)))
+            return True
+
+        if not await self._write("update_session_with", body):
+            return None
+        outcome["remember"]()
+        saved: Session = outcome["session"]
+        return saved
 
     async def prune_sessions(self, config: PruneConfig) -> int:
         """Delete old sessions and return how many were deleted.
 
         First every session not updated within ``config.ttl_hours``, then the least recently
-        updated beyond ``config.max_sessions``. A rule set to 0 is off.
+        updated beyond ``config.max_sessions``. A rule set to 0 is off. When there is
+        nothing to delete this costs two indexed lookups; otherwise sessions go in
+        set-based batches of :data:`PRUNE_BATCH`, each its own transaction.
         """
-
-        async def work(connection: AsyncConnection) -> int:
-            deleted = 0
-            if config.ttl_hours:
-                cutoff = datetime.now(UTC) - timedelta(hours=config.ttl_hours)
-                result = await connection.execute(
-                    delete(sessions).where(sessions.c.updated_at < cutoff)
+        cutoff = datetime.now(UTC) - timedelta(hours=config.ttl_hours) if config.ttl_hours else None
+        pending = await self._read(
+            "prune_sessions",
+            partial(queries.prune_pending, cutoff=cutoff, max_sessions=config.max_sessions),
+        )
+        if not pending:
+            return 0
+        deleted = 0
+        if cutoff is not None:
+            while True:
+                removed = await self._write(
+                    "prune_sessions",
+                    partial(queries.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
                 )
-                deleted += result.rowcount
-            if config.max_sessions:
-                beyond_max = (
-                    select(sessions.c.id).order_by(*_NEWEST_FIRST).offset(config.max_sessions)
+                deleted += removed
+                if removed < PRUNE_BATCH:
+                    break
+        if config.max_sessions:
+            while True:
+                removed = await self._write(
+                    "prune_sessions",
+                    partial(
+                        queries.delete_excess_sessions,
+                        max_sessions=config.max_sessions,
+                        batch=PRUNE_BATCH,
+                    ),
                 )
-                result = await connection.execute(
-                    delete(sessions).where(sessions.c.id.in_(beyond_max.scalar_subquery()))
-                )
-                deleted += result.rowcount
-            return deleted
-
-        return await self._write("prune_sessions", work)
+                deleted += removed
+                if removed < PRUNE_BATCH:
+                    break
+        return deleted
 
     async def save_session_with_prune(
         self,
@@ -449,43 +490,32 @@ class StateStore:
     async def _prune_in_background(self, config: PruneConfig) -> None:
         try:
             deleted = await self.prune_sessions(config)
-        except StoreClosedError:
-            return
         except Exception:
             logger.exception("background prune failed")
             return
         if deleted:
             logger.info("pruned %d sessions", deleted)
 
-    # -- documents --------------------------------------------------------------------
+    # -- documents ----------------------------------------------------------------------
 
     async def _save_document(self, category: str, name: str, kind: str, content: str) -> None:
-        now = datetime.now(UTC)
-        row = {
-            "category": category,
-            "name": name,
-            "kind": kind,
-            "content": content,
-            "created_at": now,
-            "updated_at": now,
-        }
-
-        async def work(connection: AsyncConnection) -> None:
-            await connection.execute(self._upsert_document, [row])
-
-        await self._write("save_document", work)
+        await self._write(
+            "save_document",
+            partial(
+                queries.save_document,
+                category=category,
+                name=name,
+                kind=kind,
+                content=content,
+                now=datetime.now(UTC),
+            ),
+        )
 
     async def _load_document(self, category: str, name: str, kind: str) -> str | None:
-        async with self._reading("load_document") as connection:
-            result = await connection.execute(
-                select(documents.c.content).where(
-                    documents.c.category == category,
-                    documents.c.name == name,
-                    documents.c.kind == kind,
-                )
-            )
-            content: str | None = result.scalar()
-            return content
+        return await self._read(
+            "load_document",
+            partial(queries.load_document, category=category, name=name, kind=kind),
+        )
 
     async def save_markdown(self, category: str, name: str, content: str) -> None:
         """Store a markdown document, replacing any markdown document of that name."""
@@ -562,14 +592,14 @@ class StateStore:
         In the ``sessions`` category the JSON documents are the session ids.
         """
         check_category(category)
-        async with self._reading("list_category") as connection:
-            result = await connection.execute(
-                select(documents.c.name).where(documents.c.category == category)
-            )
-            names = set(result.scalars())
+
+        def body(tx: Tx) -> list[str]:
+            names = set(queries.list_document_names(tx, category))
             if category == SESSIONS_CATEGORY:
-                names.update((await connection.execute(select(sessions.c.id))).scalars())
-        return sorted(names)
+                names.update(queries.list_session_ids(tx))
+            return sorted(names)
+
+        return await self._read("list_category", body)
 
     async def delete_file(self, category: str, name: str) -> bool:
         """Delete the JSON document of that name if present, else the markdown one.
@@ -580,22 +610,11 @@ class StateStore:
         check_category(category)
         check_name(name)
 
-        async def work(connection: AsyncConnection) -> bool:
+        def body(tx: Tx) -> bool:
             if category == SESSIONS_CATEGORY:
-                json_delete = delete(sessions).where(sessions.c.id == name)
+                deleted_json = queries.delete_session(tx, name)
             else:
-                json_delete = delete(documents).where(
-                    documents.c.category == category,
-                    documents.c.name == name,
-                    documents.c.kind == "json",
-                )
-            if (await connection.execute(json_delete)).rowcount:
-                return True
-            markdown_delete = delete(documents).where(
-                documents.c.category == category,
-                documents.c.name == name,
-                documents.c.kind == "markdown",
-            )
-            return bool((await connection.execute(markdown_delete)).rowcount)
+                deleted_json = queries.delete_document(tx, category, name, "json")
+            return deleted_json or queries.delete_document(tx, category, name, "markdown")
 
-        return await self._write("delete_file", work)
+        return await self._write("delete_file", body)

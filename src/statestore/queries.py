@@ -1,0 +1,196 @@
+"""The transaction bodies: what each repository operation does inside one transaction.
+
+Each function takes a :class:`~statestore.tx.Tx` and runs statements from
+:mod:`statestore.sql`; :mod:`statestore.runner` decides which thread or connection that is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from statestore import codec, sql
+from statestore.models import AgentResponse, Session, SessionSummary, SessionTail, UserMessage
+from statestore.tx import Tx
+
+__all__ = [
+    "SaveJob",
+    "delete_document",
+    "delete_excess_sessions",
+    "delete_session",
+    "delete_stale_sessions",
+    "insert_session_if_missing",
+    "list_document_names",
+    "list_session_ids",
+    "list_summaries",
+    "load_document",
+    "load_session",
+    "load_tail",
+    "prune_pending",
+    "save_document",
+    "save_session",
+]
+
+
+@dataclass(eq=False)
+class SaveJob:
+    """A checked save, ready to run in a transaction.
+
+    Attributes:
+        session_id: The session saved.
+        session_row: Its ``sessions`` row, with the new ``state_token``.
+        expected_token: The token the stored row must have for a delta save, or ``None``
+            to rewrite the session whole.
+        message_rows: The rows to write: the appended ones for a delta save, else all.
+        response_rows: Likewise for responses.
+        user_messages: Every message saved, for a whole rewrite after a failed delta check.
+        agent_responses: Likewise for responses.
+    """
+
+    session_id: str
+    session_row: dict[str, Any]
+    expected_token: int | None
+    message_rows: list[dict[str, Any]]
+    response_rows: list[dict[str, Any]]
+    user_messages: list[UserMessage]
+    agent_responses: list[AgentResponse]
+
+
+def save_session(tx: Tx, job: SaveJob) -> None:
+    """Store a session: only its appended rows if the stored state is the one it was loaded
+    as (same token), else the whole session, replacing whatever was stored."""
+    session_id = job.session_id
+    message_rows, response_rows = job.message_rows, job.response_rows
+    delta = False
+    if job.expected_token is not None:
+        stored = tx.rows("SELECT state_token FROM sessions WHERE id = :id", {"id": session_id})
+        delta = bool(stored) and stored[0][0] == job.expected_token
+        if not delta:
+            message_rows = codec.message_rows(session_id, job.user_messages, tx.time)
+            response_rows = codec.response_rows(session_id, job.agent_responses, tx.time)
+    tx.run(sql.UPSERT_SESSION, job.session_row)
+    if delta:
+        tx.run_many(sql.INSERT_MESSAGE, message_rows)
+        tx.run_many(sql.INSERT_RESPONSE, response_rows)
+        return
+    tx.run(sql.DELETE_MESSAGES_FROM, {"session_id": session_id, "position": len(message_rows)})
+    tx.run(sql.DELETE_RESPONSES_FROM, {"session_id": session_id, "position": len(response_rows)})
+    tx.run_many(sql.UPSERT_MESSAGE, message_rows)
+    tx.run_many(sql.UPSERT_RESPONSE, response_rows)
+
+
+def insert_session_if_missing(tx: Tx, row: dict[str, Any]) -> bool:
+    """Insert a new session row unless one with its id exists; return whether it did."""
+    return tx.run(sql.INSERT_SESSION_IF_MISSING, row) > 0
+
+
+def _session_row(tx: Tx, session_id: str, *, lock: bool) -> Any:
+    statement = sql.LOAD_SESSION
+    if lock and tx.dialect == "postgresql":
+        statement += " FOR UPDATE"
+    rows = tx.rows(statement, {"id": session_id})
+    return rows[0] if rows else None
+
+
+def load_session(tx: Tx, session_id: str, *, lock: bool = False) -> Session | None:
+    """Read a session and its children with indexed queries (``lock``: for update)."""
+    row = _session_row(tx, session_id, lock=lock)
+    if row is None:
+        return None
+    start = {"session_id": session_id, "start": 0}
+    message_rows = tx.rows(sql.SELECT_MESSAGES, start) if row[4] else ()
+    response_rows = tx.rows(sql.SELECT_RESPONSES, start) if row[5] else ()
+    return codec.session_from_rows(row, message_rows, response_rows, tx.time)
+
+
+def load_tail(tx: Tx, session_id: str, count: int) -> SessionTail | None:
+    """Read a session's last ``count`` messages and responses, and nothing before them."""
+    row = _session_row(tx, session_id, lock=False)
+    if row is None:
+        return None
+    message_start = max(0, row[4] - count)
+    response_start = max(0, row[5] - count)
+    message_rows = tx.rows(sql.SELECT_MESSAGES, {"session_id": session_id, "start": message_start})
+    response_rows = tx.rows(
+        sql.SELECT_RESPONSES, {"session_id": session_id, "start": response_start}
+    )
+    return codec.tail_from_rows(
+        row, message_start, response_start, message_rows, response_rows, tx.time
+    )
+
+
+def list_summaries(
+    tx: Tx, conditions: list[str], params: dict[str, Any], limit: int | None
+) -> list[SessionSummary]:
+    """List summaries matching every SQL condition, newest first, at most ``limit``."""
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    page = "LIMIT :limit" if limit is not None else ""
+    statement = sql.SESSION_SUMMARIES.format(where=where, limit=page)
+    rows = tx.rows(statement, {**params, "limit": limit} if limit is not None else params)
+    time = tx.time
+    return [codec.summary_from_row(row, time) for row in rows]
+
+
+def delete_session(tx: Tx, session_id: str) -> bool:
+    """Delete a session (its children go by cascade); return whether it existed."""
+    return tx.run(sql.DELETE_SESSION, {"id": session_id}) > 0
+
+
+def list_session_ids(tx: Tx) -> list[str]:
+    """Return every session id."""
+    return [row[0] for row in tx.rows(sql.LIST_SESSION_IDS)]
+
+
+def prune_pending(tx: Tx, cutoff: datetime | None, max_sessions: int) -> bool:
+    """Return whether a prune would delete anything, with two indexed lookups."""
+    if cutoff is not None and tx.rows(sql.STALE_SESSION_EXISTS, {"cutoff": tx.time.bind(cutoff)}):
+        return True
+    if max_sessions:
+        [(count,)] = tx.rows(sql.COUNT_SESSIONS)
+        return bool(count > max_sessions)
+    return False
+
+
+def delete_stale_sessions(tx: Tx, cutoff: datetime, batch: int) -> int:
+    """Delete up to ``batch`` of the sessions last updated before ``cutoff``, oldest first."""
+    return tx.run(sql.DELETE_STALE_SESSIONS, {"cutoff": tx.time.bind(cutoff), "batch": batch})
+
+
+def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:
+    """Delete up to ``batch`` of the least recently updated sessions beyond ``max_sessions``."""
+    [(count,)] = tx.rows(sql.COUNT_SESSIONS)
+    excess = count - max_sessions
+    if excess <= 0:
+        return 0
+    return tx.run(sql.DELETE_OLDEST_SESSIONS, {"batch": min(excess, batch)})
+
+
+def save_document(tx: Tx, category: str, name: str, kind: str, content: str, now: datetime) -> None:
+    """Insert or replace one document (its ``created_at`` stays)."""
+    tx.run(
+        sql.UPSERT_DOCUMENT,
+        {
+            "category": category,
+            "name": name,
+            "kind": kind,
+            "content": content,
+            "now": tx.time.bind(now),
+        },
+    )
+
+
+def load_document(tx: Tx, category: str, name: str, kind: str) -> str | None:
+    """Return one document's content, or ``None``."""
+    rows = tx.rows(sql.LOAD_DOCUMENT, {"category": category, "name": name, "kind": kind})
+    return rows[0][0] if rows else None
+
+
+def list_document_names(tx: Tx, category: str) -> list[str]:
+    """Return the names of a category's documents (a name may appear once per kind)."""
+    return [row[0] for row in tx.rows(sql.LIST_DOCUMENT_NAMES, {"category": category})]
+
+
+def delete_document(tx: Tx, category: str, name: str, kind: str) -> bool:
+    """Delete one document; return whether it existed."""
+    return tx.run(sql.DELETE_DOCUMENT, {"category": category, "name": name, "kind": kind}) > 0

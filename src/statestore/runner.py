@@ -1,0 +1,265 @@
+"""Where transactions run: one writer thread with group commit on SQLite, a pool elsewhere.
+
+On SQLite every write in a store goes through one thread and one connection. The thread
+takes the next job from a queue; if it is a save, it also takes the saves queued behind it
+(up to :data:`MAX_BATCH`, one per session) and commits them in one ``BEGIN IMMEDIATE``
+transaction -- one fsync for all of them at ``synchronous=FULL``. Each caller's future is
+resolved only after that commit. If a batch fails, each of its saves is retried alone, so
+one bad save fails only its own caller. A caller cancelled while waiting does not stop its
+job: a transaction is never cut half-way, and the write lock is released by the thread.
+
+Reads run in a small pool of threads, each with its own connection, one whole read
+transaction per thread hop; WAL lets them proceed while the writer writes.
+
+On other backends (PostgreSQL) each transaction runs on the async engine's pool through
+SQLAlchemy's ``run_sync``; the database's own locking orders concurrent writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from statestore.engine import Synchronous, database_errors, write_connection
+from statestore.tx import AlchemyTx, SQLiteTx, Tx
+
+__all__ = ["MAX_BATCH", "AlchemyRunner", "Runner", "SQLiteRunner"]
+
+ResultT = TypeVar("ResultT")
+Body = Callable[[Tx], ResultT]
+
+MAX_BATCH = 256
+"""The most saves one group commit takes."""
+
+READERS = 2
+"""Reader threads per SQLite store (this machine class has two cores)."""
+
+
+class Runner(Protocol):
+    """Runs transaction bodies for a store."""
+
+    async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
+        """Run ``body`` in a read transaction."""
+
+    async def write(
+        self, operation: str, body: Body[ResultT], *, batch_key: str | None = None
+    ) -> ResultT:
+        """Run ``body`` in a write transaction, possibly with others of different batch keys."""
+
+    async def close(self) -> None:
+        """Finish queued work and release every connection."""
+
+
+def _connect_sqlite(
+    path: str, synchronous: Synchronous, busy_timeout_ms: int
+) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    connection.execute("PRAGMA foreign_keys = ON")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute(f"PRAGMA synchronous = {synchronous}")
+    return connection
+
+
+@dataclass(eq=False)
+class _Job:
+    operation: str
+    body: Body[Any]
+    batch_key: str | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.future = self.loop.create_future()
+
+
+_STOP = object()
+
+
+def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """Resolve jobs' futures on their loop (called there)."""
+    for job, result, error in outcomes:
+        if job.future.done():
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+
+class SQLiteRunner:
+    """A writer thread with group commit and a reader pool, on one SQLite file."""
+
+    def __init__(self, path: str, *, synchronous: Synchronous, busy_timeout_ms: int) -> None:
+        self._connect: Callable[[], sqlite3.Connection] = partial(
+            _connect_sqlite, path, synchronous, busy_timeout_ms
+        )
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._reader_local = threading.local()
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="statestore-reader")
+        writer_connection = self._connect()  # fail here, in the caller, if the file is bad
+        self._writer = threading.Thread(
+            target=self._write_loop,
+            args=(writer_connection,),
+            name="statestore-writer",
+            daemon=True,
+        )
+        self._writer.start()
+
+    # -- reads --------------------------------------------------------------------------
+
+    def _reader_tx(self) -> SQLiteTx:
+        tx: SQLiteTx | None = getattr(self._reader_local, "tx", None)
+        if tx is None:
+            connection = self._connect()
+            self._reader_connections.append(connection)
+            tx = self._reader_local.tx = SQLiteTx(connection)
+        return tx
+
+    def _read_now(self, operation: str, body: Body[ResultT]) -> ResultT:
+        with database_errors(operation):
+            tx = self._reader_tx()
+            tx.connection.execute("BEGIN")
+            try:
+                return body(tx)
+            finally:
+                tx.connection.execute("COMMIT")
+
+    async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_now, operation, body)
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def write(
+        self, operation: str, body: Body[ResultT], *, batch_key: str | None = None
+    ) -> ResultT:
+        job = _Job(operation, body, batch_key, asyncio.get_running_loop())
+        self._jobs.put(job)
+        result: ResultT = await asyncio.shield(job.future)
+        return result
+
+    def _write_loop(self, connection: sqlite3.Connection) -> None:
+        tx = SQLiteTx(connection)
+        carried: Any = None
+        try:
+            while True:
+                job = carried if carried is not None else self._jobs.get()
+                carried = None
+                if job is _STOP:
+                    return
+                batch = [job]
+                if job.batch_key is not None:
+                    keys = {job.batch_key}
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            following = self._jobs.get_nowait()
+                        except queue.Empty:
+                            break
+                        joinable = following is not _STOP and following.batch_key is not None
+                        if not joinable or following.batch_key in keys:
+                            carried = following
+                            break
+                        batch.append(following)
+                        keys.add(following.batch_key)
+                self._commit(tx, batch)
+        finally:
+            connection.close()
+
+    def _commit(self, tx: SQLiteTx, batch: list[_Job]) -> None:
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            results = self._transaction(tx, batch)
+        except BaseException as error:
+            if len(batch) == 1:
+                outcomes.append((batch[0], None, error))
+            else:
+                for job in batch:  # find the failing save: every other one commits alone
+                    self._commit(tx, [job])
+                return
+        else:
+            outcomes.extend((job, result, None) for job, result in zip(batch, results, strict=True))
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _transaction(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
+        connection = tx.connection
+        with database_errors(batch[0].operation):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                results = []
+                for job in batch:
+                    tx.loop = job.loop
+                    results.append(job.body(tx))
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        return results
+
+    async def close(self) -> None:
+        self._jobs.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        await asyncio.to_thread(self._readers.shutdown, True)
+        for connection in self._reader_connections:
+            connection.close()
+
+
+class AlchemyRunner:
+    """Transactions on an async SQLAlchemy engine's pool, one connection each.
+
+    A write runs in a task of its own that the caller awaits shielded, so cancelling the
+    caller never cuts a transaction half-way.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
+        with database_errors(operation):
+            async with self._engine.connect() as connection, connection.begin():
+                return await connection.run_sync(_with_tx(body))
+
+    async def write(
+        self, operation: str, body: Body[ResultT], *, batch_key: str | None = None
+    ) -> ResultT:
+        task = asyncio.ensure_future(self._write_unit(operation, body))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return await asyncio.shield(task)
+
+    async def _write_unit(self, operation: str, body: Body[ResultT]) -> ResultT:
+        with database_errors(operation):
+            async with self._engine.connect() as connection:
+                connection = await write_connection(connection)
+                async with connection.begin():
+                    return await connection.run_sync(_with_tx(body))
+
+    async def close(self) -> None:
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def _with_tx(body: Body[ResultT]) -> Callable[[Connection], ResultT]:
+    def run(connection: Connection) -> ResultT:
+        return body(AlchemyTx(connection))
+
+    return run

@@ -1,0 +1,166 @@
+"""Every SQL statement statestore runs, in one place, valid on SQLite and PostgreSQL.
+
+Parameters are named (``:name``); both stdlib ``sqlite3`` and SQLAlchemy's ``text()``
+take them. Timestamps are bound as the backend stores them (see ``statestore.tx``).
+Every listing orders by ``updated_at DESC, id DESC`` and is served by an index that ends
+in ``(updated_at, id)``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "COUNT_SESSIONS",
+    "DELETE_DOCUMENT",
+    "DELETE_MESSAGES_FROM",
+    "DELETE_OLDEST_SESSIONS",
+    "DELETE_RESPONSES_FROM",
+    "DELETE_SESSION",
+    "DELETE_STALE_SESSIONS",
+    "INSERT_MESSAGE",
+    "INSERT_RESPONSE",
+    "INSERT_SESSION_IF_MISSING",
+    "LIST_DOCUMENT_NAMES",
+    "LIST_SESSION_IDS",
+    "LOAD_DOCUMENT",
+    "LOAD_SESSION",
+    "SELECT_MESSAGES",
+    "SELECT_RESPONSES",
+    "SESSION_SUMMARIES",
+    "SESSION_TOKENS",
+    "STALE_SESSION_EXISTS",
+    "UPSERT_DOCUMENT",
+    "UPSERT_MESSAGE",
+    "UPSERT_RESPONSE",
+    "UPSERT_SESSION",
+]
+
+_SESSION_VALUES = (
+    ":id, :user_id, :active_seed_id, :active_persona_id, :project_id, :message_count, "
+    ":response_count, :created_at, :updated_at, :metadata, :extra, 1, :state_token"
+)
+_SESSION_COLUMNS = (
+    "id, user_id, active_seed_id, active_persona_id, project_id, message_count, "
+    "response_count, created_at, updated_at, metadata, extra, version, state_token"
+)
+
+UPSERT_SESSION = f"""
+INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_SESSION_VALUES})
+ON CONFLICT (id) DO UPDATE SET
+    user_id = excluded.user_id,
+    active_seed_id = excluded.active_seed_id,
+    active_persona_id = excluded.active_persona_id,
+    project_id = excluded.project_id,
+    message_count = excluded.message_count,
+    response_count = excluded.response_count,
+    created_at = excluded.created_at,
+    updated_at = excluded.updated_at,
+    metadata = excluded.metadata,
+    extra = excluded.extra,
+    version = sessions.version + 1,
+    state_token = excluded.state_token
+"""
+
+INSERT_SESSION_IF_MISSING = f"""
+INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_SESSION_VALUES})
+ON CONFLICT (id) DO NOTHING
+"""
+
+SESSION_TOKENS = "SELECT id, state_token FROM sessions WHERE id IN ({placeholders})"
+"""Format ``placeholders`` with one ``:idN`` per session id."""
+
+LOAD_SESSION = """
+SELECT id, user_id, active_seed_id, active_persona_id, message_count, response_count,
+       created_at, updated_at, metadata, extra, state_token
+FROM sessions WHERE id = :id
+"""
+
+INSERT_MESSAGE = """
+INSERT INTO messages (session_id, position, content, created_at, extra)
+VALUES (:session_id, :position, :content, :created_at, :extra)
+"""
+
+UPSERT_MESSAGE = (
+    INSERT_MESSAGE
+    + """ON CONFLICT (session_id, position) DO UPDATE SET
+    content = excluded.content, created_at = excluded.created_at, extra = excluded.extra
+"""
+)
+
+INSERT_RESPONSE = """
+INSERT INTO responses (session_id, position, content, reported_session_id, seed_id,
+                       phase_reached, evaluation_passed, created_at, extra)
+VALUES (:session_id, :position, :content, :reported_session_id, :seed_id,
+        :phase_reached, :evaluation_passed, :created_at, :extra)
+"""
+
+UPSERT_RESPONSE = (
+    INSERT_RESPONSE
+    + """ON CONFLICT (session_id, position) DO UPDATE SET
+    content = excluded.content, reported_session_id = excluded.reported_session_id,
+    seed_id = excluded.seed_id, phase_reached = excluded.phase_reached,
+    evaluation_passed = excluded.evaluation_passed, created_at = excluded.created_at,
+    extra = excluded.extra
+"""
+)
+
+DELETE_MESSAGES_FROM = (
+    "DELETE FROM messages WHERE session_id = :session_id AND position >= :position"
+)
+DELETE_RESPONSES_FROM = (
+    "DELETE FROM responses WHERE session_id = :session_id AND position >= :position"
+)
+
+SELECT_MESSAGES = """
+SELECT position, content, created_at, extra FROM messages
+WHERE session_id = :session_id AND position >= :start ORDER BY position
+"""
+
+SELECT_RESPONSES = """
+SELECT position, content, reported_session_id, seed_id, phase_reached, evaluation_passed,
+       created_at, extra
+FROM responses WHERE session_id = :session_id AND position >= :start ORDER BY position
+"""
+
+SESSION_SUMMARIES = """
+SELECT id, user_id, message_count, active_seed_id, project_id, created_at, updated_at
+FROM sessions {where} ORDER BY updated_at DESC, id DESC {limit}
+"""
+"""Format ``where`` (conditions from ``statestore.queries``) and ``limit``."""
+
+DELETE_SESSION = "DELETE FROM sessions WHERE id = :id"
+
+LIST_SESSION_IDS = "SELECT id FROM sessions"
+
+COUNT_SESSIONS = "SELECT value FROM statestore_counters WHERE name = 'sessions'"
+
+STALE_SESSION_EXISTS = "SELECT 1 FROM sessions WHERE updated_at < :cutoff LIMIT 1"
+
+DELETE_STALE_SESSIONS = """
+DELETE FROM sessions WHERE id IN (
+    SELECT id FROM sessions WHERE updated_at < :cutoff
+    ORDER BY updated_at, id LIMIT :batch
+)
+"""
+
+DELETE_OLDEST_SESSIONS = """
+DELETE FROM sessions WHERE id IN (
+    SELECT id FROM sessions ORDER BY updated_at, id LIMIT :batch
+)
+"""
+
+UPSERT_DOCUMENT = """
+INSERT INTO documents (category, name, kind, content, created_at, updated_at)
+VALUES (:category, :name, :kind, :content, :now, :now)
+ON CONFLICT (category, name, kind) DO UPDATE SET
+    content = excluded.content, updated_at = excluded.updated_at
+"""
+
+LOAD_DOCUMENT = """
+SELECT content FROM documents WHERE category = :category AND name = :name AND kind = :kind
+"""
+
+LIST_DOCUMENT_NAMES = "SELECT name FROM documents WHERE category = :category"
+
+DELETE_DOCUMENT = """
+DELETE FROM documents WHERE category = :category AND name = :name AND kind = :kind
+"""
