@@ -290,7 +290,7 @@ def build(
     instance = _new_object(model)
     _set_slot(instance, "__dict__", fields)
     # Every declared field is set; the set is shared because it can never grow.
-    _set_slot(instance, "__pydantic_fields_set__", _all_fields(model))
+    _set_slot(instance, "__pydantic_fields_set__", _FIELD_SETS[model])
     _set_slot(instance, "__pydantic_extra__", extra)
     _set_slot(instance, "__pydantic_private__", private)
     return instance
@@ -298,11 +298,7 @@ def build(
 
 _new_object = object.__new__
 _set_slot = object.__setattr__
-_FIELD_SETS: dict[type[BaseModel], set[str]] = {}
-
-
-def _all_fields(model: type[BaseModel]) -> set[str]:
-    names = _FIELD_SETS.get(model)
-    if names is None:
-        names = _FIELD_SETS[model] = set(model.__pydantic_fields__)
-    return names
+_FIELD_SETS: dict[type[BaseModel], set[str]] = {
+    model: set(model.__pydantic_fields__)
+    for model in (UserMessage, AgentResponse, Session, SessionSummary)
+}

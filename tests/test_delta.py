@@ -1,0 +1,226 @@
+"""Delta saves: appending writes only the new rows; anything else still saves whole."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from statestore import AgentResponse, Session, StateStore, UserMessage
+
+from .test_store import make_session
+
+WRITE_LOG = """
+CREATE TABLE write_log (tbl TEXT, op TEXT, position INTEGER);
+CREATE TRIGGER log_message_insert AFTER INSERT ON messages
+BEGIN INSERT INTO write_log VALUES ('messages', 'insert', new.position); END;
+CREATE TRIGGER log_message_update AFTER UPDATE ON messages
+BEGIN INSERT INTO write_log VALUES ('messages', 'update', new.position); END;
+CREATE TRIGGER log_message_delete AFTER DELETE ON messages
+BEGIN INSERT INTO write_log VALUES ('messages', 'delete', old.position); END;
+CREATE TRIGGER log_response_insert AFTER INSERT ON responses
+BEGIN INSERT INTO write_log VALUES ('responses', 'insert', new.position); END;
+CREATE TRIGGER log_response_update AFTER UPDATE ON responses
+BEGIN INSERT INTO write_log VALUES ('responses', 'update', new.position); END;
+"""
+
+
+def install_write_log(db_path: Path) -> None:
+    """Record every row written to messages and responses in write_log."""
+    with sqlite3.connect(db_path) as connection:
+        connection.executescript(WRITE_LOG)
+
+
+def take_write_log(db_path: Path) -> list[tuple[str, str, int]]:
+    """Return and clear the rows written since the last call."""
+    with sqlite3.connect(db_path) as connection:
+        written = connection.execute("SELECT tbl, op, position FROM write_log").fetchall()
+        connection.execute("DELETE FROM write_log")
+    return written
+
+
+def exchange(session: Session, text: str) -> None:
+    """Append one user message and one agent response."""
+    session.add_user_message(text)
+    session.add_agent_response(AgentResponse(content=f"re: {text}"))
+
+
+async def test_appending_to_a_loaded_session_writes_only_the_new_rows(
+    store: StateStore, db_path: Path
+) -> None:
+    """After a load, saving one more exchange inserts two rows and touches no others."""
+    await store.save_session(make_session(messages=200))
+    install_write_log(db_path)
+    [summary] = await store.list_sessions()
+    session = await store.load_session(summary.id)
+    assert session is not None
+
+    exchange(session, "one more")
+    await store.save_session(session)
+
+    assert take_write_log(db_path) == [("messages", "insert", 200), ("responses", "insert", 200)]
+    assert await store.load_session(session.id) == session
+
+
+async def test_repeated_appends_after_a_save_stay_deltas(store: StateStore, db_path: Path) -> None:
+    """A saved session keeps saving deltas: each append writes only its own rows."""
+    session = make_session(messages=3)
+    await store.save_session(session)
+    install_write_log(db_path)
+
+    for turn in range(3):
+        exchange(session, f"turn {turn}")
+        await store.save_session(session)
+        assert take_write_log(db_path) == [
+            ("messages", "insert", 3 + turn),
+            ("responses", "insert", 3 + turn),
+        ]
+    assert await store.load_session(session.id) == session
+
+
+async def test_metadata_only_change_writes_no_child_rows(store: StateStore, db_path: Path) -> None:
+    """Changing only session fields rewrites the session row and nothing else."""
+    session = make_session(messages=5)
+    await store.save_session(session)
+    install_write_log(db_path)
+
+    session.set_metadata("mood", "calm")
+    await store.save_session(session)
+
+    assert take_write_log(db_path) == []
+    assert await store.load_session(session.id) == session
+
+
+async def test_editing_a_loaded_message_in_place_saves_whole(
+    store: StateStore, db_path: Path
+) -> None:
+    """Assigning a field of a stored message is seen: the save rewrites, and loads equal."""
+    await store.save_session(make_session(messages=3))
+    [summary] = await store.list_sessions()
+    session = await store.load_session(summary.id)
+    assert session is not None
+    install_write_log(db_path)
+
+    session.user_messages[1].content = "edited in place"
+    exchange(session, "and appended")
+    await store.save_session(session)
+
+    assert ("messages", "update", 1) in take_write_log(db_path)
+    loaded = await store.load_session(session.id)
+    assert loaded == session
+    assert loaded is not None
+    assert loaded.user_messages[1].content == "edited in place"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.user_messages.pop(),
+        lambda s: s.user_messages.insert(0, UserMessage(content="first now")),
+        lambda s: s.agent_responses.__setitem__(0, AgentResponse(content="swapped")),
+        lambda s: setattr(s, "user_messages", []),
+    ],
+    ids=["truncate", "insert-front", "replace-item", "clear"],
+)
+async def test_changes_other_than_appends_save_whole(store: StateStore, change: object) -> None:
+    """Truncation, insertion, replacement and clearing all give exactly the saved state."""
+    await store.save_session(make_session(messages=4))
+    [summary] = await store.list_sessions()
+    session = await store.load_session(summary.id)
+    assert session is not None
+
+    change(session)  # type: ignore[operator]
+    await store.save_session(session)
+
+    assert await store.load_session(session.id) == session
+
+
+async def test_two_copies_that_both_append_last_save_wins_whole(store: StateStore) -> None:
+    """Two loaded copies each append; the second save (a stale delta) rewrites whole."""
+    await store.save_session(make_session(messages=2))
+    [summary] = await store.list_sessions()
+    first = await store.load_session(summary.id)
+    second = await store.load_session(summary.id)
+    assert first is not None
+    assert second is not None
+
+    exchange(first, "from the first copy")
+    await store.save_session(first)
+    exchange(second, "from the second copy")
+    second.add_user_message("and one more")
+    await store.save_session(second)
+
+    assert await store.load_session(summary.id) == second
+
+
+async def test_a_session_loaded_elsewhere_saves_whole_here(db_path: Path, tmp_path: Path) -> None:
+    """A session loaded from another database never writes a delta against this one."""
+    async with (
+        StateStore.open(db_path) as here,
+        StateStore.open(tmp_path / "elsewhere.db") as elsewhere,
+    ):
+        original = make_session(messages=2)
+        await here.save_session(original)
+        diverged = original.model_copy(deep=True)
+        diverged.user_messages[0] = UserMessage(content="different history")
+        await elsewhere.save_session(diverged)
+        from_elsewhere = await elsewhere.load_session(diverged.id)
+        assert from_elsewhere is not None
+
+        exchange(from_elsewhere, "appended elsewhere")
+        await here.save_session(from_elsewhere)
+
+        assert await here.load_session(original.id) == from_elsewhere
+
+
+async def test_a_deleted_session_saved_again_is_whole(store: StateStore) -> None:
+    """Saving a loaded session after it was deleted stores it whole again."""
+    await store.save_session(make_session(messages=3))
+    [summary] = await store.list_sessions()
+    session = await store.load_session(summary.id)
+    assert session is not None
+    await store.delete_session(session.id)
+
+    exchange(session, "after delete")
+    await store.save_session(session)
+
+    assert await store.load_session(session.id) == session
+
+
+async def test_a_failed_save_leaves_the_next_save_whole(store: StateStore) -> None:
+    """A save refused for bad data does not update what the session remembers."""
+    session = make_session(messages=2)
+    await store.save_session(session)
+    session.add_user_message("fine")
+    session.add_user_message("bad \x00")
+    with pytest.raises(ValueError, match="NUL"):
+        await store.save_session(session)
+
+    session.user_messages.pop()
+    await store.save_session(session)
+
+    assert await store.load_session(session.id) == session
+
+
+async def test_version_counts_saves(store: StateStore, db_path: Path) -> None:
+    """sessions.version is 1 after the first save and grows by one per save."""
+    session = make_session(messages=1)
+    for _ in range(3):
+        await store.save_session(session)
+        exchange(session, "more")
+
+    with sqlite3.connect(db_path) as connection:
+        [(version,)] = connection.execute("SELECT version FROM sessions").fetchall()
+    assert version == 3
+
+
+async def test_loaded_and_fresh_sessions_compare_equal(store: StateStore) -> None:
+    """What a session remembers about its stored state takes no part in equality."""
+    session = make_session(messages=2)
+    await store.save_session(session)
+
+    loaded = await store.load_session(session.id)
+
+    assert loaded == session
+    assert loaded == Session.model_validate_json(session.model_dump_json())
