@@ -120,7 +120,7 @@ async def test_writes_begin_immediate_and_reads_begin_deferred(
         await store.save_session(session)
         await store.load_session(session.id)
 
-    [writer, reader] = [statements for _, statements in traced]
+    writer, reader = (statements for _, statements in traced[:2])
     assert [s for s in writer if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
     assert [s for s in reader if s.startswith("BEGIN")] == ["BEGIN"]
 

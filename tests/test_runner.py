@@ -178,3 +178,19 @@ async def test_in_memory_sqlite_is_refused() -> None:
             StateStore(engine)
     finally:
         await engine.dispose()
+
+
+async def test_wal_checkpoints_run_beside_the_writer_not_inside_commits(
+    db_path: Path, traced: Traced
+) -> None:
+    """The writer's automatic checkpoints are off; another connection checkpoints instead."""
+    checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
+    async with StateStore.open(db_path) as store:
+        for index in range(runner.CHECKPOINT_EVERY + 5):
+            await store.save_session(make_session(f"u{index}"))
+        writer = writer_statements(traced)
+        assert "PRAGMA wal_autocheckpoint = 0" in writer
+        assert checkpoint not in writer
+
+    others = [statements for _, statements in traced[1:]]
+    assert sum(statements.count(checkpoint) for statements in others) == 2  # and at close

@@ -29,8 +29,11 @@ __all__ = [
     "load_tail",
     "prune_pending",
     "save_document",
-    "save_session",
+    "save_sessions",
 ]
+
+_LOOKUP_CHUNK = 500
+"""Session ids per token lookup (PostgreSQL takes at most 32,767 parameters)."""
 
 
 @dataclass(eq=False)
@@ -57,23 +60,43 @@ class SaveJob:
     agent_responses: list[AgentResponse]
 
 
-def save_session(tx: Tx, job: SaveJob) -> None:
-    """Store a session: only its appended rows if the stored state is the one it was loaded
-    as (same token), else the whole session, replacing whatever was stored."""
+def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
+    """Store sessions (at most one save per session id) with shared statements.
+
+    A save writes only its appended rows if the stored state is the one the session was
+    loaded as (same token), else the whole session, replacing whatever was stored.
+    """
+    hopeful = {job.session_id: job.expected_token for job in items if job.expected_token}
+    stored: dict[str, int] = {}
+    ids = list(hopeful)
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[start : start + _LOOKUP_CHUNK]
+        placeholders = ", ".join(f":id{index}" for index in range(len(chunk)))
+        params = {f"id{index}": session_id for index, session_id in enumerate(chunk)}
+        rows = tx.rows(sql.SESSION_TOKENS.format(placeholders=placeholders), params)
+        stored.update((session_id, token) for session_id, token in rows)
+    appended_messages: list[dict[str, Any]] = []
+    appended_responses: list[dict[str, Any]] = []
+    whole: list[SaveJob] = []
+    for job in items:
+        if job.expected_token is not None and stored.get(job.session_id) == job.expected_token:
+            appended_messages.extend(job.message_rows)
+            appended_responses.extend(job.response_rows)
+        else:
+            whole.append(job)
+    tx.run_many(sql.UPSERT_SESSION, [job.session_row for job in items])
+    tx.run_many(sql.INSERT_MESSAGE, appended_messages)
+    tx.run_many(sql.INSERT_RESPONSE, appended_responses)
+    for job in whole:
+        _rewrite_children(tx, job)
+
+
+def _rewrite_children(tx: Tx, job: SaveJob) -> None:
     session_id = job.session_id
     message_rows, response_rows = job.message_rows, job.response_rows
-    delta = False
-    if job.expected_token is not None:
-        stored = tx.rows("SELECT state_token FROM sessions WHERE id = :id", {"id": session_id})
-        delta = bool(stored) and stored[0][0] == job.expected_token
-        if not delta:
-            message_rows = codec.message_rows(session_id, job.user_messages, tx.time)
-            response_rows = codec.response_rows(session_id, job.agent_responses, tx.time)
-    tx.run(sql.UPSERT_SESSION, job.session_row)
-    if delta:
-        tx.run_many(sql.INSERT_MESSAGE, message_rows)
-        tx.run_many(sql.INSERT_RESPONSE, response_rows)
-        return
+    if job.expected_token is not None:  # the rows hold only the appended part: build all
+        message_rows = codec.message_rows(session_id, job.user_messages, tx.time)
+        response_rows = codec.response_rows(session_id, job.agent_responses, tx.time)
     tx.run(sql.DELETE_MESSAGES_FROM, {"session_id": session_id, "position": len(message_rows)})
     tx.run(sql.DELETE_RESPONSES_FROM, {"session_id": session_id, "position": len(response_rows)})
     tx.run_many(sql.UPSERT_MESSAGE, message_rows)

@@ -4,9 +4,11 @@ On SQLite every write in a store goes through one thread and one connection. The
 takes the next job from a queue; if it is a save, it also takes the saves queued behind it
 (up to :data:`MAX_BATCH`, one per session) and commits them in one ``BEGIN IMMEDIATE``
 transaction -- one fsync for all of them at ``synchronous=FULL``. Each caller's future is
-resolved only after that commit. If a batch fails, each of its saves is retried alone, so
-one bad save fails only its own caller. A caller cancelled while waiting does not stop its
-job: a transaction is never cut half-way, and the write lock is released by the thread.
+resolved only after that commit. Saves in a batch share statements: one lookup of the
+stored state tokens, one ``executemany`` per table. If a batch fails, each of its saves is
+retried alone, so one bad save fails only its own caller. A caller cancelled while waiting
+does not stop its job: a transaction is never cut half-way, and the write lock is released
+by the thread.
 
 Reads run in a small pool of threads, each with its own connection, one whole read
 transaction per thread hop; WAL lets them proceed while the writer writes.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -37,13 +40,22 @@ from statestore.tx import AlchemyTx, SQLiteTx, Tx
 __all__ = ["MAX_BATCH", "AlchemyRunner", "Runner", "SQLiteRunner"]
 
 ResultT = TypeVar("ResultT")
+ItemT = TypeVar("ItemT")
 Body = Callable[[Tx], ResultT]
+
+logger = logging.getLogger("statestore")
 
 MAX_BATCH = 256
 """The most saves one group commit takes."""
 
 READERS = 2
 """Reader threads per SQLite store (this machine class has two cores)."""
+
+CHECKPOINT_EVERY = 200
+"""Write transactions between two WAL checkpoints (each run in the checkpoint thread)."""
+
+
+BatchBody = Callable[[Tx, list[ItemT]], None]
 
 
 class Runner(Protocol):
@@ -52,10 +64,14 @@ class Runner(Protocol):
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
         """Run ``body`` in a read transaction."""
 
-    async def write(
-        self, operation: str, body: Body[ResultT], *, batch_key: str | None = None
-    ) -> ResultT:
-        """Run ``body`` in a write transaction, possibly with others of different batch keys."""
+    async def write(self, operation: str, body: Body[ResultT]) -> ResultT:
+        """Run ``body`` in a write transaction of its own."""
+
+    async def write_batched(
+        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
+    ) -> None:
+        """Run ``batch_body`` on ``item``, possibly in one transaction with other items
+        queued for the same ``batch_body`` -- never two with the same ``key``."""
 
     async def close(self) -> None:
         """Finish queued work and release every connection."""
@@ -74,10 +90,14 @@ def _connect_sqlite(
 
 @dataclass(eq=False)
 class _Job:
+    """Work for the writer: a ``body``, or an ``item`` for a ``batch_body``."""
+
     operation: str
-    body: Body[Any]
-    batch_key: str | None
     loop: asyncio.AbstractEventLoop
+    body: Body[Any] | None = None
+    batch_body: BatchBody[Any] | None = None
+    item: Any = None
+    batch_key: str | None = None
     future: asyncio.Future[Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +129,9 @@ class SQLiteRunner:
         self._reader_connections: list[sqlite3.Connection] = []
         self._reader_local = threading.local()
         self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="statestore-reader")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="statestore-checkpoint")
+        self._checkpointing = threading.Event()
+        self._checkpoint_connection: sqlite3.Connection | None = None
         writer_connection = self._connect()  # fail here, in the caller, if the file is bad
         self._writer = threading.Thread(
             target=self._write_loop,
@@ -143,17 +166,32 @@ class SQLiteRunner:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def write(
-        self, operation: str, body: Body[ResultT], *, batch_key: str | None = None
-    ) -> ResultT:
-        job = _Job(operation, body, batch_key, asyncio.get_running_loop())
-        self._jobs.put(job)
-        result: ResultT = await asyncio.shield(job.future)
+    async def write(self, operation: str, body: Body[ResultT]) -> ResultT:
+        result: ResultT = await self._submit(_Job(operation, asyncio.get_running_loop(), body=body))
         return result
 
+    async def write_batched(
+        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
+    ) -> None:
+        job = _Job(
+            operation, asyncio.get_running_loop(), batch_body=batch_body, item=item, batch_key=key
+        )
+        await self._submit(job)
+
+    async def _submit(self, job: _Job) -> Any:
+        self._jobs.put(job)
+        # If the caller is cancelled, its job still runs; the outcome is dropped.
+        return await job.future
+
     def _write_loop(self, connection: sqlite3.Connection) -> None:
+        # SQLite's automatic checkpoint runs inside a COMMIT and stalls every save of that
+        # batch while it copies and syncs pages (p99 latency doubled at NORMAL, and went
+        # past 100 ms at FULL, in benchmarks/bench_sqlite.py). A passive checkpoint does not
+        # block writers, so it runs in a thread of its own while the writer goes on.
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
         tx = SQLiteTx(connection)
         carried: Any = None
+        transactions = 0
         try:
             while True:
                 job = carried if carried is not None else self._jobs.get()
@@ -161,22 +199,38 @@ class SQLiteRunner:
                 if job is _STOP:
                     return
                 batch = [job]
-                if job.batch_key is not None:
+                if job.batch_body is not None:
                     keys = {job.batch_key}
                     while len(batch) < MAX_BATCH:
                         try:
                             following = self._jobs.get_nowait()
                         except queue.Empty:
                             break
-                        joinable = following is not _STOP and following.batch_key is not None
+                        joinable = following is not _STOP and following.batch_body is job.batch_body
                         if not joinable or following.batch_key in keys:
                             carried = following
                             break
                         batch.append(following)
                         keys.add(following.batch_key)
                 self._commit(tx, batch)
+                transactions += 1
+                if transactions >= CHECKPOINT_EVERY and not self._checkpointing.is_set():
+                    self._checkpointing.set()
+                    self._checkpointer.submit(self._checkpoint)
+                    transactions = 0
         finally:
             connection.close()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file without waiting for readers or writers."""
+        try:
+            if self._checkpoint_connection is None:
+                self._checkpoint_connection = self._connect()
+            self._checkpoint_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            logger.exception("WAL checkpoint failed; the next one will retry")
+        finally:
+            self._checkpointing.clear()
 
     def _commit(self, tx: SQLiteTx, batch: list[_Job]) -> None:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
@@ -203,10 +257,14 @@ class SQLiteRunner:
         with database_errors(batch[0].operation):
             connection.execute("BEGIN IMMEDIATE")
             try:
-                results = []
-                for job in batch:
-                    tx.loop = job.loop
-                    results.append(job.body(tx))
+                first = batch[0]
+                tx.loop = first.loop
+                if first.batch_body is not None:
+                    first.batch_body(tx, [job.item for job in batch])
+                    results: list[Any] = [None] * len(batch)
+                else:
+                    assert first.body is not None
+                    results = [first.body(tx)]
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -218,8 +276,12 @@ class SQLiteRunner:
         self._jobs.put(_STOP)
         await asyncio.to_thread(self._writer.join)
         await asyncio.to_thread(self._readers.shutdown, True)
+        self._checkpointer.submit(self._checkpoint)  # leave the WAL small
+        await asyncio.to_thread(self._checkpointer.shutdown, True)
         for connection in self._reader_connections:
             connection.close()
+        if self._checkpoint_connection is not None:
+            self._checkpoint_connection.close()
 
 
 class AlchemyRunner:
@@ -238,9 +300,15 @@ class AlchemyRunner:
             async with self._engine.connect() as connection, connection.begin():
                 return await connection.run_sync(_with_tx(body))
 
-    async def write(
-        self, operation: str, body: Body[ResultT], *, batch_key: str | None = None
-    ) -> ResultT:
+    async def write_batched(
+        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
+    ) -> None:
+        def body(tx: Tx) -> None:
+            batch_body(tx, [item])
+
+        await self.write(operation, body)
+
+    async def write(self, operation: str, body: Body[ResultT]) -> ResultT:
         task = asyncio.ensure_future(self._write_unit(operation, body))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)

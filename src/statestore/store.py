@@ -8,7 +8,7 @@ import inspect
 import json
 import logging
 import os
-import secrets
+import random
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -39,6 +39,12 @@ SessionUpdate = Callable[[Session], Session | Awaitable[Session | None] | None]
 
 PRUNE_BATCH = 1_000
 """Sessions deleted per prune transaction, so that saves interleave with a large prune."""
+
+# State tokens only need to differ from each other; a PRNG seeded from the OS (again in
+# every forked child, so that no two processes share a sequence) is 100 times cheaper than
+# a system call per save.
+_tokens = random.Random()
+os.register_at_fork(after_in_child=_tokens.seed)
 
 _updating: contextvars.ContextVar[StateStore | None] = contextvars.ContextVar(
     "statestore_updating", default=None
@@ -206,20 +212,21 @@ class StateStore:
         self._check_open()
         return await self._runner.read(operation, body)
 
-    async def _write(
-        self, operation: str, body: Callable[[Tx], ResultT], *, batch_key: str | None = None
-    ) -> ResultT:
+    def _check_writable(self, operation: str) -> None:
         self._check_open()
         if _updating.get() is self:
             raise StateStoreError(
                 f"{operation} called from inside update_session_with's fn, which holds this "
                 "store's write transaction: change the session passed to fn instead"
             )
-        return await self._runner.write(operation, body, batch_key=batch_key)
+
+    async def _write(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
+        self._check_writable(operation)
+        return await self._runner.write(operation, body)
 
     def _save_job(self, session: Session) -> tuple[queries.SaveJob, Callable[[], None]]:
         """Check a session and prepare its save; return it and what to do once committed."""
-        token = secrets.randbits(63)
+        token = _tokens.getrandbits(63)
         edits = edit_count()
         row = codec.session_row(session, self._time, token)
         messages = list(session.user_messages)
@@ -264,10 +271,9 @@ class StateStore:
             InvalidDataError: A field cannot be stored (the error names it); nothing is written.
             DatabaseError: The database failed; nothing is written.
         """
+        self._check_writable("save_session")
         job, remember = self._save_job(session)
-        await self._write(
-            "save_session", partial(queries.save_session, job=job), batch_key=session.id
-        )
+        await self._runner.write_batched("save_session", queries.save_sessions, job, session.id)
         remember()
 
     async def update_session(self, session: Session) -> None:
@@ -414,7 +420,7 @@ class StateStore:
             session = queries.load_session(tx, session_id, lock=True)
             if session is None:
                 return False
-            queries.save_session(tx, tx.call_in_loop(apply(session)))
+            queries.save_sessions(tx, [tx.call_in_loop(apply(session))])
             return True
 
         if not await self._write("update_session_with", body):
