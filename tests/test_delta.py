@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -120,8 +121,25 @@ async def test_editing_a_loaded_message_in_place_saves_whole(
         lambda s: s.user_messages.insert(0, UserMessage(content="first now")),
         lambda s: s.agent_responses.__setitem__(0, AgentResponse(content="swapped")),
         lambda s: setattr(s, "user_messages", []),
+        lambda s: s.user_messages.reverse(),
+        lambda s: s.agent_responses.sort(key=lambda r: r.content, reverse=True),
+        lambda s: s.user_messages.__delitem__(slice(1, 3)),
+        lambda s: s.user_messages.remove(s.user_messages[0]),
+        lambda s: s.agent_responses.clear(),
+        lambda s: setattr(s, "user_messages", [*s.user_messages, UserMessage(content="new")]),
     ],
-    ids=["truncate", "insert-front", "replace-item", "clear"],
+    ids=[
+        "truncate",
+        "insert-front",
+        "replace-item",
+        "clear-by-assignment",
+        "reverse",
+        "sort",
+        "delete-slice",
+        "remove",
+        "clear",
+        "plain-list-assigned",
+    ],
 )
 async def test_changes_other_than_appends_save_whole(store: StateStore, change: object) -> None:
     """Truncation, insertion, replacement and clearing all give exactly the saved state."""
@@ -224,3 +242,51 @@ async def test_loaded_and_fresh_sessions_compare_equal(store: StateStore) -> Non
 
     assert loaded == session
     assert loaded == Session.model_validate_json(session.model_dump_json())
+
+
+async def test_extend_and_plus_equals_stay_deltas(store: StateStore, db_path: Path) -> None:
+    """Growing the lists with extend() or += is an append: only new rows are written."""
+    session = make_session(messages=2)
+    await store.save_session(session)
+    install_write_log(db_path)
+
+    session.user_messages.extend([UserMessage(content="a"), UserMessage(content="b")])
+    session.agent_responses += [AgentResponse(content="c")]
+    await store.save_session(session)
+
+    assert take_write_log(db_path) == [
+        ("messages", "insert", 2),
+        ("messages", "insert", 3),
+        ("responses", "insert", 2),
+    ]
+    assert await store.load_session(session.id) == session
+
+
+async def test_appends_made_while_a_save_is_queued_are_saved_next(store: StateStore) -> None:
+    """A message appended after save_session was called is written by the next save."""
+    session = make_session(messages=1)
+    await store.save_session(session)
+
+    exchange(session, "saved now")
+    pending = asyncio.ensure_future(store.save_session(session))
+    await asyncio.sleep(0)  # the save is checked and queued
+    exchange(session, "appended while the save waits")
+    await pending
+    [summary] = await store.list_sessions()
+    assert summary.message_count == 2  # the first save stored what it was given
+    await store.save_session(session)
+
+    assert await store.load_session(session.id) == session
+
+
+def test_session_lists_are_tracked_histories() -> None:
+    """Built, validated and defaulted sessions all hold their lists as History."""
+    from statestore.models import History
+
+    built = Session(user_id="u", user_messages=[UserMessage(content="x")])
+    parsed = Session.model_validate_json(built.model_dump_json())
+
+    for session in (built, parsed, Session(user_id="u")):
+        assert isinstance(session.user_messages, History)
+        assert isinstance(session.agent_responses, History)
+    assert parsed == built

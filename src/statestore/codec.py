@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from statestore.errors import InvalidDataError
 from statestore.models import (
     AgentResponse,
+    History,
     Session,
     SessionSummary,
     SessionTail,
@@ -321,16 +322,13 @@ def session_from_rows(
     """
     # Row: id, user_id, active_seed_id, active_persona_id, message_count, response_count,
     # created_at, updated_at, metadata, extra, state_token.
-    messages = _messages(message_rows, time.read)
-    responses = _responses(response_rows, time.read)
-    stored = StoredState(row[10], list(messages), list(responses), edit_count())
-    return build(
+    session = build(
         Session,
         {
             "id": row[0],
             "user_id": row[1],
-            "user_messages": messages,
-            "agent_responses": responses,
+            "user_messages": History(_messages(message_rows, time.read)),
+            "agent_responses": History(_responses(response_rows, time.read)),
             "active_seed_id": row[2],
             "active_persona_id": row[3],
             "created_at": time.read(row[6]),
@@ -338,8 +336,10 @@ def session_from_rows(
             "metadata": _load_json(row[8]),
         },
         _load_json(row[9]) if row[9] is not None else {},
-        {"_stored": stored},
+        {"_stored": None},
     )
+    session._stored = StoredState.of(row[10], session, edit_count())
+    return session
 
 
 def tail_from_rows(

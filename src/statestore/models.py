@@ -12,9 +12,10 @@ an aware one in another zone is converted to UTC.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self, SupportsIndex, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -25,12 +26,14 @@ from pydantic import (
     PlainSerializer,
     PrivateAttr,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
 __all__ = [
     "AgentResponse",
+    "History",
     "Session",
     "SessionSummary",
     "SessionTail",
@@ -116,31 +119,113 @@ class AgentResponse(_Message):
     timestamp: UTCTimestamp = Field(default_factory=_now)
 
 
+class History(list[Any]):
+    """A session's list of messages or responses that knows whether it only grew.
+
+    It is a ``list`` in every way; its mutating methods other than ``append``, ``extend``
+    and ``+=`` also count a rewrite, so a save can tell in constant time that the stored
+    prefix is untouched. Sessions hold their lists as ``History`` (validation wraps them);
+    a plain list assigned to a session simply makes its next save a whole rewrite.
+    """
+
+    __slots__ = ("rewrites",)
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        super().__init__(items)
+        self.rewrites = 0
+
+    def _rewritten(self) -> None:
+        self.rewrites += 1
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._rewritten()
+        super().__setitem__(index, value)
+
+    def __delitem__(self, index: Any) -> None:
+        self._rewritten()
+        super().__delitem__(index)
+
+    def __imul__(self, count: SupportsIndex) -> Self:
+        self._rewritten()
+        return super().__imul__(count)
+
+    def insert(self, index: SupportsIndex, value: Any) -> None:
+        self._rewritten()
+        super().insert(index, value)
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        self._rewritten()
+        return super().pop(index)
+
+    def remove(self, value: Any) -> None:
+        self._rewritten()
+        super().remove(value)
+
+    def clear(self) -> None:
+        self._rewritten()
+        super().clear()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        self._rewritten()
+        super().sort(*args, **kwargs)
+
+    def reverse(self) -> None:
+        self._rewritten()
+        super().reverse()
+
+
 @dataclass(frozen=True, slots=True)
 class StoredState:
     """What a session object was last loaded as or saved as, for delta saves.
 
     Attributes:
         token: The ``state_token`` the stored row had then.
-        user_messages: The message objects stored then, in order.
-        agent_responses: The response objects stored then, in order.
+        user_messages: The session's message list object then.
+        message_count: How many messages were stored.
+        message_rewrites: ``user_messages.rewrites`` then.
+        agent_responses: The session's response list object then.
+        response_count: How many responses were stored.
+        response_rewrites: ``agent_responses.rewrites`` then.
         edits: :func:`edit_count` then; if it has moved, a message may have been edited.
     """
 
     token: int
-    user_messages: list[UserMessage]
-    agent_responses: list[AgentResponse]
+    user_messages: History
+    message_count: int
+    message_rewrites: int
+    agent_responses: History
+    response_count: int
+    response_rewrites: int
     edits: int
+
+    @classmethod
+    def of(cls, token: int, session: Session, edits: int) -> StoredState | None:
+        """Record ``session``'s lists as stored with ``token``; None if they are not tracked."""
+        messages, responses = session.user_messages, session.agent_responses
+        if not (isinstance(messages, History) and isinstance(responses, History)):
+            return None
+        return cls(
+            token,
+            messages,
+            len(messages),
+            messages.rewrites,
+            responses,
+            len(responses),
+            responses.rewrites,
+            edits,
+        )
 
     def appended_only(self, session: Session) -> bool:
         """Return whether ``session`` differs from this state only by appended items."""
-        stored_messages = len(self.user_messages)
-        stored_responses = len(self.agent_responses)
-        # List equality checks identity first, element by element, in C.
+        messages, responses = session.user_messages, session.agent_responses
         return (
             self.edits == _edits
-            and session.user_messages[:stored_messages] == self.user_messages
-            and session.agent_responses[:stored_responses] == self.agent_responses
+            and messages is self.user_messages
+            and responses is self.agent_responses
+            and messages.rewrites == self.message_rewrites
+            and responses.rewrites == self.response_rewrites
+            and len(messages) >= self.message_count
+            and len(responses) >= self.response_count
         )
 
 
@@ -157,13 +242,19 @@ class Session(BaseModel):
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     user_id: str
-    user_messages: list[UserMessage] = Field(default_factory=list)
-    agent_responses: list[AgentResponse] = Field(default_factory=list)
+    user_messages: list[UserMessage] = Field(default_factory=History)
+    agent_responses: list[AgentResponse] = Field(default_factory=History)
     active_seed_id: str | None = None
     active_persona_id: str | None = None
     created_at: UTCTimestamp = Field(default_factory=_now)
     updated_at: UTCTimestamp = Field(default_factory=_now)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("user_messages", "agent_responses", mode="after")
+    @classmethod
+    def _track_history(cls, items: list[Any]) -> list[Any]:
+        """Hold the lists as :class:`History`, so saves can tell appends from rewrites."""
+        return History(items)
 
     @model_validator(mode="before")
     @classmethod

@@ -47,7 +47,8 @@ class SaveJob:
             to rewrite the session whole.
         message_rows: The rows to write: the appended ones for a delta save, else all.
         response_rows: Likewise for responses.
-        user_messages: Every message saved, for a whole rewrite after a failed delta check.
+        user_messages: The session's message list, for a whole rewrite after a failed delta
+            check: its first ``session_row["message_count"]`` items are what is saved.
         agent_responses: Likewise for responses.
     """
 
@@ -95,8 +96,10 @@ def _rewrite_children(tx: Tx, job: SaveJob) -> None:
     session_id = job.session_id
     message_rows, response_rows = job.message_rows, job.response_rows
     if job.expected_token is not None:  # the rows hold only the appended part: build all
-        message_rows = codec.message_rows(session_id, job.user_messages, tx.time)
-        response_rows = codec.response_rows(session_id, job.agent_responses, tx.time)
+        saved_messages = job.user_messages[: job.session_row["message_count"]]
+        saved_responses = job.agent_responses[: job.session_row["response_count"]]
+        message_rows = codec.message_rows(session_id, saved_messages, tx.time)
+        response_rows = codec.response_rows(session_id, saved_responses, tx.time)
     tx.run(sql.DELETE_MESSAGES_FROM, {"session_id": session_id, "position": len(message_rows)})
     tx.run(sql.DELETE_RESPONSES_FROM, {"session_id": session_id, "position": len(response_rows)})
     tx.run_many(sql.UPSERT_MESSAGE, message_rows)

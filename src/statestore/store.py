@@ -225,16 +225,19 @@ class StateStore:
         return await self._runner.write(operation, body)
 
     def _save_job(self, session: Session) -> tuple[queries.SaveJob, Callable[[], None]]:
-        """Check a session and prepare its save; return it and what to do once committed."""
+        """Check a session and prepare its save; return it and what to do once committed.
+
+        Only the appended rows are checked and turned into rows when the session's stored
+        state says nothing else changed; the writer still confirms that state's token.
+        """
         token = _tokens.getrandbits(63)
         edits = edit_count()
         row = codec.session_row(session, self._time, token)
-        messages = list(session.user_messages)
-        responses = list(session.agent_responses)
+        messages, responses = session.user_messages, session.agent_responses
         stored = session._stored
         if stored is not None and stored.appended_only(session):
             expected: int | None = stored.token
-            message_start, response_start = len(stored.user_messages), len(stored.agent_responses)
+            message_start, response_start = stored.message_count, stored.response_count
         else:
             expected, message_start, response_start = None, 0, 0
         job = queries.SaveJob(
@@ -250,9 +253,10 @@ class StateStore:
             user_messages=messages,
             agent_responses=responses,
         )
+        saved = StoredState.of(token, session, edits)
 
         def remember() -> None:
-            session._stored = StoredState(token, messages, responses, edits)
+            session._stored = saved
 
         return job, remember
 
