@@ -280,13 +280,31 @@ async def test_appends_made_while_a_save_is_queued_are_saved_next(store: StateSt
 
 
 def test_session_lists_are_tracked_histories() -> None:
-    """Built, validated and defaulted sessions all hold their lists as History."""
+    """Built, validated, assigned and defaulted session lists are all held as History."""
     from statestore.models import History
 
     built = Session(user_id="u", user_messages=[UserMessage(content="x")])
     parsed = Session.model_validate_json(built.model_dump_json())
+    assigned = Session(user_id="u")
+    assigned.user_messages = [UserMessage(content="y")]
+    assigned.agent_responses = []
 
-    for session in (built, parsed, Session(user_id="u")):
+    for session in (built, parsed, assigned, Session(user_id="u")):
         assert isinstance(session.user_messages, History)
         assert isinstance(session.agent_responses, History)
     assert parsed == built
+
+
+async def test_appends_after_assigning_a_list_are_deltas_again(
+    store: StateStore, db_path: Path
+) -> None:
+    """After a list is assigned and saved whole once, appends write only new rows again."""
+    session = make_session(messages=2)
+    session.user_messages = [UserMessage(content="fresh start")]
+    await store.save_session(session)
+    install_write_log(db_path)
+
+    exchange(session, "appended")
+    await store.save_session(session)
+
+    assert take_write_log(db_path) == [("messages", "insert", 1), ("responses", "insert", 2)]

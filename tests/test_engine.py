@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage, runner
+from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage
 from statestore.engine import resolve_url
+
+from .conftest import Traced
 
 
 def test_plain_path_is_a_sqlite_file(tmp_path: Path) -> None:
@@ -59,26 +60,7 @@ async def test_file_with_question_mark_in_its_name_is_used_as_is(tmp_path: Path)
     assert path.is_file()
 
 
-@pytest.fixture
-def traced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[sqlite3.Connection, list[str]]]:
-    """Record each connection the stores open from now on, with the SQL it runs."""
-    opened: list[tuple[sqlite3.Connection, list[str]]] = []
-    connect = runner._connect_sqlite
-
-    def connect_and_trace(*args: Any) -> sqlite3.Connection:
-        connection = connect(*args)
-        statements: list[str] = []
-        connection.set_trace_callback(statements.append)
-        opened.append((connection, statements))
-        return connection
-
-    monkeypatch.setattr(runner, "_connect_sqlite", connect_and_trace)
-    return opened
-
-
-async def test_every_store_connection_has_the_pragmas(
-    db_path: Path, traced: list[tuple[sqlite3.Connection, list[str]]]
-) -> None:
+async def test_every_store_connection_has_the_pragmas(db_path: Path, traced: Traced) -> None:
     """The writer's and every reader's connection: foreign keys, WAL, timeout, FULL."""
     async with StateStore.open(db_path) as store:
         await asyncio.gather(*(store.list_sessions() for _ in range(8)))
@@ -87,7 +69,7 @@ async def test_every_store_connection_has_the_pragmas(
                 connection.execute(f"PRAGMA {name}").fetchone()[0]
                 for name in ("foreign_keys", "journal_mode", "busy_timeout", "synchronous")
             )
-            for connection, _ in traced
+            for connection, _ in traced.connections
         ]
 
     assert len(pragmas) >= 2
@@ -112,7 +94,7 @@ async def test_unknown_synchronous_level_is_rejected(db_path: Path) -> None:
 
 
 async def test_writes_begin_immediate_and_reads_begin_deferred(
-    db_path: Path, traced: list[tuple[sqlite3.Connection, list[str]]]
+    db_path: Path, traced: Traced
 ) -> None:
     """A save runs in BEGIN IMMEDIATE; a load in a plain (deferred) BEGIN."""
     async with StateStore.open(db_path) as store:
@@ -120,7 +102,7 @@ async def test_writes_begin_immediate_and_reads_begin_deferred(
         await store.save_session(session)
         await store.load_session(session.id)
 
-    writer, reader = (statements for _, statements in traced[:2])
+    writer, reader = traced.of(0), traced.of(1)
     assert [s for s in writer if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
     assert [s for s in reader if s.startswith("BEGIN")] == ["BEGIN"]
 

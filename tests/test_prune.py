@@ -7,16 +7,15 @@ import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statestore import AgentResponse, PruneConfig, Session, StateStore, UserMessage
-from statestore import runner as store_runner
 from statestore.store import PRUNE_BATCH
 
+from .conftest import Traced
 from .test_store import make_session
 
 
@@ -242,21 +241,6 @@ async def test_session_counter_matches_row_count_through_every_operation(
 # -- a prune with nothing to do -----------------------------------------------------------
 
 
-@pytest.fixture
-def traced_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every statement run on the SQLite connections of stores opened from now on."""
-    statements: list[str] = []
-    connect = store_runner._connect_sqlite
-
-    def connect_traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        connection = connect(*args, **kwargs)
-        connection.set_trace_callback(statements.append)
-        return connection
-
-    monkeypatch.setattr(store_runner, "_connect_sqlite", connect_traced)
-    return statements
-
-
 @pytest.mark.parametrize(
     "config",
     [
@@ -268,33 +252,30 @@ def traced_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ids=["ttl", "count-at-limit", "both", "both-off"],
 )
 async def test_prune_with_nothing_to_do_runs_no_write_transaction(
-    db_path: Path, traced_statements: list[str], config: PruneConfig
+    db_path: Path, traced: Traced, config: PruneConfig
 ) -> None:
     """A prune that deletes nothing only reads: no BEGIN IMMEDIATE is traced."""
     now = datetime.now(UTC)
     async with StateStore.open(db_path) as store:
         await save_all(store, [make_session(updated_at=now - timedelta(hours=h)) for h in range(3)])
-        traced_statements.clear()
+        traced.clear()
 
         assert await store.prune_sessions(config) == 0
 
-    traced = [statement.strip() for statement in traced_statements]
-    assert "BEGIN IMMEDIATE" not in traced
-    assert "BEGIN" in traced
+    assert "BEGIN IMMEDIATE" not in traced.statements()
+    assert "BEGIN" in traced.statements()
 
 
-async def test_prune_that_deletes_runs_a_write_transaction(
-    db_path: Path, traced_statements: list[str]
-) -> None:
+async def test_prune_that_deletes_runs_a_write_transaction(db_path: Path, traced: Traced) -> None:
     """A prune that deletes is traced taking the write lock (the trace above sees writes)."""
     now = datetime.now(UTC)
     async with StateStore.open(db_path) as store:
         await save_all(store, [make_session(updated_at=now - timedelta(hours=h)) for h in range(3)])
-        traced_statements.clear()
+        traced.clear()
 
         assert await store.prune_sessions(PruneConfig(max_sessions=2, ttl_hours=0)) == 1
 
-    assert "BEGIN IMMEDIATE" in [statement.strip() for statement in traced_statements]
+    assert "BEGIN IMMEDIATE" in traced.statements()
 
 
 # -- children -----------------------------------------------------------------------------

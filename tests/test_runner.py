@@ -6,15 +6,13 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from statestore import DatabaseError, Session, StateStore, StateStoreError, runner
 
+from .conftest import Traced
 from .test_store import make_session
-
-Traced = list[tuple[sqlite3.Connection, list[str]]]
 
 POISON_TRIGGER = """
 CREATE TRIGGER reject_poison BEFORE INSERT ON sessions WHEN new.user_id = 'poison'
@@ -22,34 +20,12 @@ BEGIN SELECT RAISE(ABORT, 'poisoned session'); END
 """
 
 
-@pytest.fixture
-def traced(monkeypatch: pytest.MonkeyPatch) -> Traced:
-    """Record each connection the stores open from now on, with the SQL it runs."""
-    opened: Traced = []
-    connect = runner._connect_sqlite
-
-    def connect_and_trace(*args: Any) -> sqlite3.Connection:
-        connection = connect(*args)
-        statements: list[str] = []
-        connection.set_trace_callback(statements.append)
-        opened.append((connection, statements))
-        return connection
-
-    monkeypatch.setattr(runner, "_connect_sqlite", connect_and_trace)
-    return opened
-
-
-def writer_statements(traced: Traced) -> list[str]:
-    """The statements of the first connection opened: the writer's."""
-    return traced[0][1]
-
-
 async def test_concurrent_saves_commit_together(db_path: Path, traced: Traced) -> None:
     """Fifty saves queued at once commit in fewer transactions than saves, all of them."""
     async with StateStore.open(db_path) as store:
         sessions = [make_session(f"u{i}", messages=2) for i in range(50)]
         await asyncio.gather(*(store.save_session(s) for s in sessions))
-        transactions = writer_statements(traced).count("BEGIN IMMEDIATE")
+        transactions = traced.of(0).count("BEGIN IMMEDIATE")
 
         assert transactions < 50
         for session in sessions:
@@ -188,9 +164,9 @@ async def test_wal_checkpoints_run_beside_the_writer_not_inside_commits(
     async with StateStore.open(db_path) as store:
         for index in range(runner.CHECKPOINT_EVERY + 5):
             await store.save_session(make_session(f"u{index}"))
-        writer = writer_statements(traced)
+        writer = traced.of(0)
         assert "PRAGMA wal_autocheckpoint = 0" in writer
         assert checkpoint not in writer
 
-    others = [statements for _, statements in traced[1:]]
+    others = [statements for _, statements in traced.connections[1:]]
     assert sum(statements.count(checkpoint) for statements in others) == 2  # and at close

@@ -1,13 +1,16 @@
-"""Connection setup: which database a target names, and how each connection is prepared.
+"""Connection setup: which database a target names, and how SQLAlchemy connections behave.
 
-On SQLite every connection gets WAL, a busy timeout, foreign keys on (so ``ON DELETE
-CASCADE`` runs) and the chosen ``synchronous`` level. The driver's own transaction
-handling is switched off (``isolation_level=None``) and statestore emits ``BEGIN`` itself:
-``BEGIN IMMEDIATE`` for write transactions, so a read-then-write transaction never fails
-with "database is locked" half-way, and plain ``BEGIN`` for reads, so that reads see one
-snapshot.
+The SQLAlchemy engine serves migrations, PostgreSQL, and the host's own use; on SQLite the
+store's data path opens its own stdlib connections with the same settings (see
+:mod:`statestore.runner`). On SQLite every engine connection gets WAL, a busy timeout,
+foreign keys on (so ``ON DELETE CASCADE`` runs) and the chosen ``synchronous`` level. The
+driver's own transaction handling is switched off (``isolation_level=None``) and
+statestore emits ``BEGIN`` itself: ``BEGIN IMMEDIATE`` for write transactions, so a
+read-then-write transaction never fails with "database is locked" half-way, and plain
+``BEGIN`` for reads, so that reads see one snapshot.
 
-This is also the one place where SQLAlchemy and driver errors become :class:`DatabaseError`.
+This is also the one place where SQLAlchemy and driver errors (``sqlite3`` included)
+become :class:`DatabaseError`.
 """
 
 from __future__ import annotations

@@ -124,8 +124,9 @@ class History(list[Any]):
 
     It is a ``list`` in every way; its mutating methods other than ``append``, ``extend``
     and ``+=`` also count a rewrite, so a save can tell in constant time that the stored
-    prefix is untouched. Sessions hold their lists as ``History`` (validation wraps them);
-    a plain list assigned to a session simply makes its next save a whole rewrite.
+    prefix is untouched. Sessions always hold their lists as ``History``: validation wraps
+    them, and a list assigned to ``user_messages`` or ``agent_responses`` is held as a
+    ``History`` copy (the session's next save then rewrites it whole).
     """
 
     __slots__ = ("rewrites",)
@@ -229,6 +230,9 @@ class StoredState:
         )
 
 
+_HISTORY_FIELDS = frozenset({"user_messages", "agent_responses"})
+
+
 class Session(BaseModel):
     """One conversation: the user's messages, the agent's responses and the session's state.
 
@@ -275,6 +279,12 @@ class Session(BaseModel):
                 if key in dumped and dumped[key] is None:
                     del dumped[key]
         return dumped
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A list assigned to a history is held as a History copy, as validation would.
+        if name in _HISTORY_FIELDS and not isinstance(value, History):
+            value = History(value)
+        super().__setattr__(name, value)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Session):
