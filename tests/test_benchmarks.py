@@ -1,0 +1,26 @@
+"""The benchmark script runs (small sizes) and reports every figure; timings are not checked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_benchmark_runs_and_reports_every_figure() -> None:
+    """bench_sqlite.py --quick exits 0 with one table row per issue-3 figure."""
+    result = subprocess.run(
+        [sys.executable, "bench_sqlite.py", "--quick"],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 10
+    for figure in ("append one exchange", "throughput", "list newest 50", "list all", "load a"):
+        assert any(figure in row for row in rows), figure
