@@ -170,3 +170,34 @@ async def test_wal_checkpoints_run_beside_the_writer_not_inside_commits(
 
     others = [statements for _, statements in traced.connections[1:]]
     assert sum(statements.count(checkpoint) for statements in others) == 2  # and at close
+
+
+async def test_stores_on_one_file_share_one_writer(db_path: Path) -> None:
+    """Two stores on one file in a process write through one writer thread."""
+
+    def writers() -> int:
+        return sum(t.name == "statestore-writer" for t in threading.enumerate())
+
+    async with StateStore.open(db_path) as first:
+        async with StateStore.open(db_path) as second:
+            await asyncio.gather(
+                first.save_session(make_session("a")), second.save_session(make_session("b"))
+            )
+            assert writers() == 1
+        await first.save_session(make_session("c"))  # the other store's close left it running
+        assert len(await first.list_sessions()) == 3
+
+    assert writers() == 0
+
+
+async def test_fn_writing_through_another_store_on_the_file_is_refused(db_path: Path) -> None:
+    """A write through a second store on the same file, from inside fn, is refused too."""
+    async with StateStore.open(db_path) as first, StateStore.open(db_path) as second:
+        session = make_session()
+        await first.save_session(session)
+
+        async def writes_elsewhere(current: Session) -> None:
+            await second.save_session(make_session("nested"))
+
+        with pytest.raises(StateStoreError, match="inside update_session_with"):
+            await asyncio.wait_for(first.update_session_with(session.id, writes_elsewhere), 5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -37,7 +38,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from statestore.engine import Synchronous, database_errors, write_connection
 from statestore.tx import AlchemyTx, SQLiteTx, Tx
 
-__all__ = ["MAX_BATCH", "AlchemyRunner", "Runner", "SQLiteRunner"]
+__all__ = [
+    "MAX_BATCH",
+    "AlchemyRunner",
+    "Runner",
+    "SQLiteRunner",
+    "acquire_sqlite_runner",
+    "release_sqlite_runner",
+]
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -282,6 +290,49 @@ class SQLiteRunner:
             connection.close()
         if self._checkpoint_connection is not None:
             self._checkpoint_connection.close()
+
+
+_shared_runners: dict[tuple[str, str, int], tuple[SQLiteRunner, int]] = {}
+_shared_runners_lock = threading.Lock()
+
+
+def acquire_sqlite_runner(
+    path: str, *, synchronous: Synchronous, busy_timeout_ms: int
+) -> SQLiteRunner:
+    """Return the process's runner for this SQLite file, starting it for the first user.
+
+    Every store in a process on the same file (with the same settings) shares one writer,
+    so their writes queue in one place instead of contending for SQLite's lock.
+    """
+    key = (os.path.realpath(path), synchronous, busy_timeout_ms)
+    with _shared_runners_lock:
+        runner, users = _shared_runners.get(key, (None, 0))
+        if runner is None:
+            runner = SQLiteRunner(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        _shared_runners[key] = (runner, users + 1)
+        return runner
+
+
+async def release_sqlite_runner(runner: SQLiteRunner) -> None:
+    """Give back a runner from :func:`acquire_sqlite_runner`: the last user stops it.
+
+    Either way, every write submitted before this call has finished when it returns.
+    """
+    with _shared_runners_lock:
+        key = next(k for k, (shared, _) in _shared_runners.items() if shared is runner)
+        _, users = _shared_runners[key]
+        if users > 1:
+            _shared_runners[key] = (runner, users - 1)
+        else:
+            del _shared_runners[key]
+    if users > 1:
+        await runner.write("close", _nothing)  # writes run in order: a barrier
+    else:
+        await runner.close()
+
+
+def _nothing(tx: Tx) -> None:
+    return None
 
 
 class AlchemyRunner:

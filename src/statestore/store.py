@@ -26,7 +26,13 @@ from statestore.errors import InvalidDataError, StateStoreError, StoreClosedErro
 from statestore.models import Session, SessionSummary, SessionTail, StoredState, edit_count
 from statestore.names import SESSIONS_CATEGORY, check_category, check_name
 from statestore.prune import PruneConfig, PruneThrottle
-from statestore.runner import AlchemyRunner, Runner, SQLiteRunner
+from statestore.runner import (
+    AlchemyRunner,
+    Runner,
+    SQLiteRunner,
+    acquire_sqlite_runner,
+    release_sqlite_runner,
+)
 from statestore.tx import Tx
 
 __all__ = ["StateStore"]
@@ -46,7 +52,9 @@ PRUNE_BATCH = 1_000
 _tokens = random.Random()
 os.register_at_fork(after_in_child=_tokens.seed)
 
-_updating: contextvars.ContextVar[StateStore | None] = contextvars.ContextVar(
+# The runner whose write transaction an update_session_with fn is running inside: stores
+# on one SQLite file share a runner, so a write through any of them would wait forever.
+_updating: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
     "statestore_updating", default=None
 )
 
@@ -83,10 +91,10 @@ class StateStore:
     :meth:`close` (or use ``async with``) when done. Closing a wrapped engine's store does not
     dispose of the engine.
 
-    Every write is one transaction. On SQLite, a store's writes go through one writer
-    thread that commits the saves queued together in one transaction (group commit), and
-    reads run in their own threads; a write whose caller is cancelled still runs to its
-    commit or rollback, so the write lock is never left held.
+    Every write is one transaction. On SQLite, the writes of every store in the process on
+    one file go through one writer thread that commits the saves queued together in one
+    transaction (group commit), and reads run in their own threads; a write whose caller is
+    cancelled still runs to its commit or rollback, so the write lock is never left held.
 
     Args:
         engine: An async SQLAlchemy engine on a SQLite file (aiosqlite) or PostgreSQL
@@ -113,7 +121,7 @@ class StateStore:
                 raise InvalidDataError(
                     "target", "statestore needs a SQLite file, not an in-memory database"
                 )
-            self._runner = SQLiteRunner(
+            self._runner = acquire_sqlite_runner(
                 path, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000)
             )
             self._time = codec.SQLITE_TIME
@@ -187,7 +195,10 @@ class StateStore:
         while self._prunes:
             await asyncio.gather(*self._prunes, return_exceptions=True)
         self._closed = True
-        await self._runner.close()
+        if isinstance(self._runner, SQLiteRunner):
+            await release_sqlite_runner(self._runner)
+        else:
+            await self._runner.close()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -214,10 +225,10 @@ class StateStore:
 
     def _check_writable(self, operation: str) -> None:
         self._check_open()
-        if _updating.get() is self:
+        if _updating.get() is self._runner:
             raise StateStoreError(
                 f"{operation} called from inside update_session_with's fn, which holds this "
-                "store's write transaction: change the session passed to fn instead"
+                "database's write transaction: change the session passed to fn instead"
             )
 
     async def _write(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
@@ -405,7 +416,7 @@ class StateStore:
         outcome: dict[str, Any] = {}
 
         async def apply(session: Session) -> queries.SaveJob:
-            marker = _updating.set(self)
+            marker = _updating.set(self._runner)
             try:
                 returned = fn(session)
                 if inspect.isawaitable(returned):
