@@ -163,3 +163,29 @@ async def test_database_errors_are_translated(store: StateStore) -> None:
         await store.save_session(session)
 
     assert raised.value.__cause__ is not None
+
+
+async def test_a_failed_read_leaves_the_store_usable(store: StateStore, db_path: Path) -> None:
+    """A read the database fails raises DatabaseError; the next read works again."""
+    await store.save_markdown("notes", "a", "kept")
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("ALTER TABLE documents RENAME TO documents_away")
+
+    with pytest.raises(DatabaseError, match="load_document"):
+        await store.load_markdown("notes", "a")
+
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("ALTER TABLE documents_away RENAME TO documents")
+    assert await store.load_markdown("notes", "a") == "kept"
+
+
+async def test_an_unusable_file_for_a_host_engine_is_a_database_error(tmp_path: Path) -> None:
+    """StateStore(engine) on a path SQLite cannot open raises DatabaseError, not sqlite3's."""
+    from statestore.engine import create_engine
+
+    engine = create_engine(resolve_url(tmp_path))  # a directory, not a file
+    try:
+        with pytest.raises(DatabaseError, match="open"):
+            StateStore(engine)
+    finally:
+        await engine.dispose()

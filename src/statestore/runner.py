@@ -140,7 +140,8 @@ class SQLiteRunner:
         self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="statestore-checkpoint")
         self._checkpointing = threading.Event()
         self._checkpoint_connection: sqlite3.Connection | None = None
-        writer_connection = self._connect()  # fail here, in the caller, if the file is bad
+        with database_errors("open"):  # fail here, in the caller, if the file is unusable
+            writer_connection = self._connect()
         self._writer = threading.Thread(
             target=self._write_loop,
             args=(writer_connection,),
@@ -162,11 +163,16 @@ class SQLiteRunner:
     def _read_now(self, operation: str, body: Body[ResultT]) -> ResultT:
         with database_errors(operation):
             tx = self._reader_tx()
-            tx.connection.execute("BEGIN")
+            connection = tx.connection
+            connection.execute("BEGIN")
             try:
-                return body(tx)
-            finally:
-                tx.connection.execute("COMMIT")
+                result = body(tx)
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return result
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
         loop = asyncio.get_running_loop()
