@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -592,3 +592,29 @@ async def test_a_tail_cannot_be_saved_as_a_session(store: StateStore, db_path: P
 
     assert row_counts(db_path) == before
     assert await store.load_session("talk") == stored
+
+
+async def test_iter_sessions_yields_the_listing_a_page_at_a_time(store: StateStore) -> None:
+    """iter_sessions yields exactly list_sessions' order, fetching page_size at a time."""
+    now = datetime.now(UTC)
+    for index in range(23):
+        session = Session(id=f"s{index:02d}", user_id=f"u{index % 2}", created_at=now)
+        session.updated_at = now - timedelta(minutes=index // 3)  # ties of three
+        await store.save_session(session)
+    pages: list[int] = []
+    list_sessions = store.list_sessions
+
+    async def counting_list_sessions(**options: Any) -> list[SessionSummary]:
+        page = await list_sessions(**options)
+        pages.append(len(page))
+        return page
+
+    store.list_sessions = counting_list_sessions  # type: ignore[method-assign]
+    walked = [summary async for summary in store.iter_sessions(page_size=5)]
+    mine = [summary async for summary in store.iter_sessions(user_id="u1", page_size=4)]
+    del store.list_sessions
+
+    assert walked == await store.list_sessions()
+    assert mine == await store.list_sessions(user_id="u1")
+    assert max(pages) <= 5
+    assert pages[:5] == [5, 5, 5, 5, 3]

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from types import TracebackType
@@ -365,6 +365,29 @@ class StateStore:
             "list_sessions",
             partial(queries.list_summaries, conditions=conditions, params=params, limit=limit),
         )
+
+    async def iter_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[SessionSummary]:
+        """Yield every matching summary, newest first, reading one page at a time.
+
+        The same order and filters as :meth:`list_sessions`, holding at most ``page_size``
+        summaries in memory however many sessions there are.
+        """
+        after: SessionSummary | None = None
+        while True:
+            page = await self.list_sessions(
+                user_id=user_id, project_id=project_id, limit=page_size, after=after
+            )
+            for summary in page:
+                yield summary
+            if len(page) < page_size:
+                return
+            after = page[-1]
 
     async def delete_session(self, session_id: str) -> bool:
         """Delete a session with its messages and responses; return whether it existed."""
