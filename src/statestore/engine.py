@@ -36,6 +36,7 @@ __all__ = [
     "database_errors",
     "prepare_engine",
     "resolve_url",
+    "sqlite_pragmas",
     "write_connection",
 ]
 
@@ -107,15 +108,23 @@ def prepare_engine(
             dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            for pragma in sqlite_pragmas(synchronous, busy_timeout_ms):
+                cursor.execute(pragma)
         finally:
             cursor.close()
 
     event.listen(sync_engine, "connect", prepare_sqlite_connection)
     event.listen(sync_engine, "begin", _begin_sqlite_transaction)
+
+
+def sqlite_pragmas(synchronous: Synchronous, busy_timeout_ms: int) -> tuple[str, ...]:
+    """Return the PRAGMAs every statestore SQLite connection runs before anything else."""
+    return (
+        f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA synchronous = {synchronous}",
+    )
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:

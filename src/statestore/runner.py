@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore.engine import Synchronous, database_errors, write_connection
+from statestore.engine import Synchronous, database_errors, sqlite_pragmas, write_connection
 from statestore.tx import AlchemyTx, SQLiteTx, Tx
 
 __all__ = [
@@ -89,10 +89,8 @@ def _connect_sqlite(
     path: str, synchronous: Synchronous, busy_timeout_ms: int
 ) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    connection.execute("PRAGMA foreign_keys = ON")
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute(f"PRAGMA synchronous = {synchronous}")
+    for pragma in sqlite_pragmas(synchronous, busy_timeout_ms):
+        connection.execute(pragma)
     return connection
 
 
