@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from statestore import AgentResponse, InvalidDataError, Session, StateStore
-from statestore.codec import MAX_JSON_DEPTH
+from statestore import AgentResponse, InvalidDataError, Session, StateStore, UserMessage
+from statestore.codec import MAX_JSON_DEPTH, MAX_TEXT_LENGTH
 
 
 class Note(BaseModel):
@@ -513,3 +513,44 @@ def test_any_json_value_round_trips(tmp_path_factory: pytest.TempPathFactory) ->
             check()
         finally:
             runner.run(store.close())
+
+
+# -- size limit ---------------------------------------------------------------------------
+
+
+async def test_markdown_longer_than_the_limit_is_refused(store: StateStore) -> None:
+    """A document of MAX_TEXT_LENGTH characters is stored; one more is refused, naming why."""
+    await store.save_markdown("notes", "doc", "kept")
+    await store.save_markdown("notes", "edge", "x" * MAX_TEXT_LENGTH)
+    with pytest.raises(InvalidDataError, match=r"content.*limit"):
+        await store.save_markdown("notes", "doc", "x" * (MAX_TEXT_LENGTH + 1))
+    assert await store.load_markdown("notes", "doc") == "kept"
+
+
+async def test_json_longer_than_the_limit_as_text_is_refused(store: StateStore) -> None:
+    """The limit applies to a JSON value's text, even when each string in it is short."""
+    await store.save_json("agents", "doc", {"original": True})
+    many_short = ["x" * 1000] * (MAX_TEXT_LENGTH // 1000)
+    with pytest.raises(InvalidDataError, match="limit"):
+        await store.save_json("agents", "doc", many_short)
+    assert await store.load_json("agents", "doc") == {"original": True}
+
+
+async def test_session_with_oversized_message_or_metadata_is_refused(store: StateStore) -> None:
+    """An oversized message or metadata value fails the save and leaves the stored session."""
+    session = Session(id="s", user_id="u")
+    session.user_messages.append(UserMessage(content="hi"))
+    await store.save_session(session)
+    too_long = "x" * (MAX_TEXT_LENGTH + 1)
+    session.user_messages.append(UserMessage(content=too_long))
+    with pytest.raises(InvalidDataError, match=r"user_messages\[1\]\.content"):
+        await store.save_session(session)
+    fresh = await store.load_session("s")
+    assert fresh is not None
+    fresh.metadata["blob"] = ["y" * 1000] * (MAX_TEXT_LENGTH // 1000)
+    with pytest.raises(InvalidDataError, match="metadata"):
+        await store.save_session(fresh)
+    stored = await store.load_session("s")
+    assert stored is not None
+    assert [m.content for m in stored.user_messages] == ["hi"]
+    assert stored.metadata == {}

@@ -8,6 +8,8 @@ with an :class:`InvalidDataError` naming the field, and the stored state stays a
 * JSON values (metadata, unmodelled fields, JSON documents) must be made of dicts with
   ``str`` keys, lists, ``str``, ``int``, finite ``float``, ``bool`` and ``None``, nested at
   most :data:`MAX_JSON_DEPTH` deep, so whatever is accepted comes back exactly;
+* no text value, and no JSON value once written as text, may be longer than
+  :data:`MAX_TEXT_LENGTH` characters;
 * timestamps must be timezone-aware.
 
 Coming out, rows are trusted (they passed these checks) and become models without being
@@ -43,6 +45,7 @@ from statestore.names import check_name
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "MAX_TEXT_LENGTH",
     "POSTGRESQL_TIME",
     "PROJECT_METADATA_KEY",
     "SQLITE_TIME",
@@ -62,6 +65,13 @@ __all__ = [
 MAX_JSON_DEPTH = 64
 """How deeply JSON containers may nest in metadata, unmodelled fields and JSON documents."""
 
+MAX_TEXT_LENGTH = 16 * 1024 * 1024
+"""The most characters one text value (a message, a document, a JSON value as text) may hold.
+
+Far above any conversation turn, far below what SQLite (1 GB) and PostgreSQL (1 GB) accept,
+so an accidental blob fails with a clear error instead of bloating every load.
+"""
+
 # Python refuses to turn integers of more than sys.get_int_max_str_digits() (4300 by
 # default) digits into text; 14,000 bits is about 4,200 digits.
 _MAX_INT_BITS = 14_000
@@ -76,12 +86,20 @@ def check_text(field: str, value: object, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str):
         raise InvalidDataError(field, f"must be a str, not {type(value).__name__}")
+    _check_length(field, value)
     if "\x00" in value:
         raise InvalidDataError(field, "must not contain a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidDataError(field, "must be valid Unicode (no lone surrogates)") from None
+
+
+def _check_length(field: str, text: str) -> None:
+    if len(text) > MAX_TEXT_LENGTH:
+        raise InvalidDataError(
+            field, f"is {len(text):,} characters long; the limit is {MAX_TEXT_LENGTH:,}"
+        )
 
 
 def check_json(field: str, value: object, depth: int = 0) -> None:
@@ -154,7 +172,13 @@ POSTGRESQL_TIME = TimeCodec(_to_utc, _to_utc)
 
 # One encoder, built once: json.dumps with any non-default option builds a new encoder
 # per call, which cost more than the encoding of a small metadata object.
-_dump_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _dump_json(field: str, data: object) -> str:
+    text = _encode_json(data)
+    _check_length(field, text)
+    return text
 
 
 def _load_json(text: Any) -> Any:
@@ -166,7 +190,7 @@ def dump_json_document(field: str, data: object) -> str:
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json")
     check_json(field, data)
-    return _dump_json(data)
+    return _dump_json(field, data)
 
 
 def _extra(field: str, model: BaseModel) -> str | None:
@@ -174,7 +198,7 @@ def _extra(field: str, model: BaseModel) -> str | None:
     if not extra:
         return None
     check_json(field, extra)
-    return _dump_json(extra)
+    return _dump_json(field, extra)
 
 
 def project_id_of(session_metadata: Mapping[str, Any]) -> str | None:
@@ -210,7 +234,7 @@ def session_row(session: Session, time: TimeCodec, state_token: int) -> dict[str
         "response_count": len(session.agent_responses),
         "created_at": time.bind(session.created_at),
         "updated_at": time.bind(session.updated_at),
-        "metadata": _dump_json(session.metadata),
+        "metadata": _dump_json("metadata", session.metadata),
         "extra": _extra("session", session),
         "state_token": state_token,
     }
