@@ -39,7 +39,7 @@ def fill_at_first_revision(path: Path, stored: list[Session]) -> None:
     with sqlite3.connect(path) as connection:
         for session in stored:
             row = session_row(session, time, state_token=0)
-            del row["state_token"]
+            del row["state_token"], row["unset_fields"]
             names = ", ".join(row)
             values = ", ".join(f":{name}" for name in row)
             connection.execute(f"INSERT INTO sessions ({names}) VALUES ({values})", row)

@@ -148,3 +148,18 @@ async def test_cli_downgrade_keeps_child_rows(tmp_path: Path) -> None:
     alembic("-x", f"db={path}", "upgrade", "head")
     async with StateStore.open(path, migrate=False) as store:
         assert await store.load_session(session.id) == session
+
+
+def test_downgrade_to_0002_keeps_the_session_counter_triggers(tmp_path: Path) -> None:
+    """Dropping 0003's column copies ``sessions``; the counter's triggers come back with it."""
+    path = tmp_path / "fresh.db"
+    alembic("-x", f"db={path}", "upgrade", "head")
+    alembic("-x", f"db={path}", "downgrade", "0002")
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO sessions (id, user_id, message_count, response_count, created_at, "
+            "updated_at, metadata) VALUES ('s', 'u', 0, 0, '2026-01-01', '2026-01-01', '{}')"
+        )
+        counted = connection.execute("SELECT value FROM statestore_counters").fetchone()
+        views = connection.execute("SELECT name FROM sqlite_master WHERE type = 'view'")
+        assert (counted, views.fetchall()) == ((1,), [])

@@ -782,3 +782,21 @@ def test_prune_throttle_lets_one_of_many_threads_through() -> None:
         thread.join()
     assert len(results) == thread_count
     assert results.count(True) == 1
+
+
+# -- fields an older file store left out --------------------------------------------------
+
+
+def test_fields_a_file_left_out_stay_out_while_empty() -> None:
+    """A session read without its empty lists and metadata dumps without them."""
+    session = Session.model_validate_json('{"id": "s", "user_id": "u"}')
+    assert set(session.model_dump(mode="json")) == {"id", "user_id", "created_at", "updated_at"}
+    session.user_messages.append(UserMessage(content="hi"))
+    assert "user_messages" in session.model_dump(mode="json")
+
+
+def test_fields_a_file_gave_empty_are_written_back() -> None:
+    """Empty lists and metadata given explicitly are written back explicitly."""
+    text = '{"id": "s", "user_id": "u", "user_messages": [], "agent_responses": [], "metadata": {}}'
+    dumped = Session.model_validate_json(text).model_dump(mode="json")
+    assert (dumped["user_messages"], dumped["agent_responses"], dumped["metadata"]) == ([], [], {})

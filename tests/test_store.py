@@ -545,6 +545,8 @@ async def test_background_prune_errors_are_logged(
     await store.save_session(session)
     await store.engine.dispose()
     async with store.engine.connect() as connection:
+        await connection.exec_driver_sql("DROP VIEW session_exchanges")
+        await connection.exec_driver_sql("DROP VIEW session_overview")
         await connection.exec_driver_sql("DROP TABLE messages")
         await connection.exec_driver_sql("DROP TABLE responses")
         await connection.exec_driver_sql("ALTER TABLE sessions RENAME TO gone")

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from statestore.errors import InvalidDataError
 from statestore.models import (
+    OMITTABLE_FIELDS,
     AgentResponse,
     History,
     Session,
@@ -56,6 +57,7 @@ __all__ = [
     "message_rows",
     "project_id_of",
     "response_rows",
+    "session_from_document",
     "session_from_rows",
     "session_row",
     "summary_from_row",
@@ -201,6 +203,23 @@ def _extra(field: str, model: BaseModel) -> str | None:
     return _dump_json(field, extra)
 
 
+def session_from_document(name: str, data: object) -> Session:
+    """Validate a ``sessions`` JSON document named ``name`` into a session.
+
+    Raises:
+        InvalidDataError: ``data`` is not an object, or its ``id`` is not ``name``.
+        pydantic.ValidationError: It is not a valid session.
+    """
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    if not isinstance(data, dict):
+        raise InvalidDataError("data", "a session document must be a JSON object")
+    data = {"id": name, **data}
+    if data["id"] != name:
+        raise InvalidDataError("data.id", f"{data['id']!r} does not match the name {name!r}")
+    return Session.model_validate(data)
+
+
 def project_id_of(session_metadata: Mapping[str, Any]) -> str | None:
     """Return the project a session belongs to: its ``"project_ids"`` entry if a string."""
     project = session_metadata.get(PROJECT_METADATA_KEY)
@@ -237,7 +256,13 @@ def session_row(session: Session, time: TimeCodec, state_token: int) -> dict[str
         "metadata": _dump_json("metadata", session.metadata),
         "extra": _extra("session", session),
         "state_token": state_token,
+        "unset_fields": _unset_fields(session),
     }
+
+
+def _unset_fields(session: Session) -> str | None:
+    unset = [name for name in OMITTABLE_FIELDS if name not in session.model_fields_set]
+    return _encode_json(unset) if unset else None
 
 
 def message_rows(
@@ -345,7 +370,7 @@ def session_from_rows(
     only the appended rows.
     """
     # Row: id, user_id, active_seed_id, active_persona_id, message_count, response_count,
-    # created_at, updated_at, metadata, extra, state_token.
+    # created_at, updated_at, metadata, extra, state_token, unset_fields.
     session = build(
         Session,
         {
@@ -361,6 +386,7 @@ def session_from_rows(
         },
         _load_json(row[9]) if row[9] is not None else {},
         {"_stored": None},
+        _load_json(row[11]) if row[11] is not None else (),
     )
     session._stored = StoredState.of(row[10], session, edit_count())
     return session

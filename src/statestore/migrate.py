@@ -226,7 +226,8 @@ def check_on_connection(connection: Connection) -> None:
             current,
             head,
             f"the database is at revision {current!r} but this statestore needs {head!r}: "
-            "run `alembic -x db=PATH_OR_URL upgrade head` from a statestore checkout, "
+            "run `statestore --db PATH_OR_URL migrate`, "
+            "`alembic -x db=PATH_OR_URL upgrade head` from a statestore checkout, "
             "`await statestore.migrate.upgrade(target)`, or open it with migrate=True",
         )
 

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "OMITTABLE_FIELDS",
     "AgentResponse",
     "History",
     "Session",
@@ -232,6 +233,9 @@ class StoredState:
 
 _HISTORY_FIELDS = frozenset({"user_messages", "agent_responses"})
 
+OMITTABLE_FIELDS = ("user_messages", "agent_responses", "metadata")
+"""Session fields an older file store left out when empty; see ``Session`` serialization."""
+
 
 class Session(BaseModel):
     """One conversation: the user's messages, the agent's responses and the session's state.
@@ -271,12 +275,20 @@ class Session(BaseModel):
         return data
 
     @model_serializer(mode="wrap")
-    def _omit_unset_active_ids(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Leave out unset active seed and persona ids, as the file store did."""
+    def _omit_as_the_file_store_did(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leave out unset active ids, and the empty fields the session was given without.
+
+        The file store always left out a ``None`` active id; older versions of it also left
+        out empty ``user_messages``, ``agent_responses`` and ``metadata``. A session read
+        from such a file (those fields not in ``model_fields_set``) is written back so.
+        """
         dumped = handler(self)
         if isinstance(dumped, dict):
             for key in ("active_seed_id", "active_persona_id"):
                 if key in dumped and dumped[key] is None:
+                    del dumped[key]
+            for key in OMITTABLE_FIELDS:
+                if key not in self.model_fields_set and key in dumped and not dumped[key]:
                     del dumped[key]
         return dumped
 
@@ -380,18 +392,24 @@ def build(
     fields: dict[str, Any],
     extra: dict[str, Any] | None = None,
     private: dict[str, Any] | None = None,
+    unset: Iterable[str] = (),
 ) -> ModelT:
     """Make a model from trusted, complete field values without validating them.
 
     Like ``model_construct`` without its per-field bookkeeping: rows coming out of the
     database passed statestore's checks on the way in, and this runs once per row.
     ``fields`` must hold every declared field; ``extra`` is required (a dict, possibly
-    empty) for models that keep unknown fields.
+    empty) for models that keep unknown fields; ``unset`` names fields to treat as not
+    given (see ``model_fields_set``).
     """
     instance = _new_object(model)
     _set_slot(instance, "__dict__", fields)
-    # Every declared field is set; the set is shared because it can never grow.
-    _set_slot(instance, "__pydantic_fields_set__", _FIELD_SETS[model])
+    # Usually every declared field is set, and that set is shared: it already holds every
+    # name pydantic could add to it on assignment.
+    fields_set = _FIELD_SETS[model]
+    if unset:
+        fields_set = fields_set - set(unset)
+    _set_slot(instance, "__pydantic_fields_set__", fields_set)
     _set_slot(instance, "__pydantic_extra__", extra)
     _set_slot(instance, "__pydantic_private__", private)
     return instance

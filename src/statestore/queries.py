@@ -20,7 +20,12 @@ __all__ = [
     "delete_excess_sessions",
     "delete_session",
     "delete_stale_sessions",
+    "delete_user_sessions",
+    "documents_in",
+    "import_documents",
+    "import_sessions",
     "insert_session_if_missing",
+    "list_categories",
     "list_document_names",
     "list_session_ids",
     "list_summaries",
@@ -67,15 +72,7 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
     A save writes only its appended rows if the stored state is the one the session was
     loaded as (same token), else the whole session, replacing whatever was stored.
     """
-    hopeful = {job.session_id: job.expected_token for job in items if job.expected_token}
-    stored: dict[str, int] = {}
-    ids = list(hopeful)
-    for start in range(0, len(ids), _LOOKUP_CHUNK):
-        chunk = ids[start : start + _LOOKUP_CHUNK]
-        placeholders = ", ".join(f":id{index}" for index in range(len(chunk)))
-        params = {f"id{index}": session_id for index, session_id in enumerate(chunk)}
-        rows = tx.rows(sql.SESSION_TOKENS.format(placeholders=placeholders), params)
-        stored.update((session_id, token) for session_id, token in rows)
+    stored = _stored_tokens(tx, [job.session_id for job in items if job.expected_token])
     appended_messages: list[dict[str, Any]] = []
     appended_responses: list[dict[str, Any]] = []
     whole: list[SaveJob] = []
@@ -90,6 +87,45 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
     tx.run_many(sql.INSERT_RESPONSE, appended_responses)
     for job in whole:
         _rewrite_children(tx, job)
+
+
+def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
+    """Return the stored ``state_token`` of each of these sessions that exists."""
+    stored: dict[str, int] = {}
+    for start in range(0, len(session_ids), _LOOKUP_CHUNK):
+        chunk = session_ids[start : start + _LOOKUP_CHUNK]
+        placeholders = ", ".join(f":id{index}" for index in range(len(chunk)))
+        params = {f"id{index}": session_id for index, session_id in enumerate(chunk)}
+        rows = tx.rows(sql.SESSION_TOKENS.format(placeholders=placeholders), params)
+        stored.update((session_id, token) for session_id, token in rows)
+    return stored
+
+
+def import_sessions(tx: Tx, items: list[tuple[SaveJob, Session]]) -> tuple[int, int, int]:
+    """Store imported sessions whole, leaving alone those already stored exactly so.
+
+    Each job must rewrite its session whole (``expected_token`` is ``None``).
+
+    Returns:
+        How many sessions were added, updated and found unchanged.
+    """
+    stored = _stored_tokens(tx, [job.session_id for job, _ in items])
+    added = [job for job, _ in items if job.session_id not in stored]
+    changed = [
+        job
+        for job, session in items
+        if job.session_id in stored and load_session(tx, job.session_id) != session
+    ]
+    tx.run_many(sql.UPSERT_SESSION, [job.session_row for job in added])
+    tx.run_many(sql.INSERT_MESSAGE, [row for job in added for row in job.message_rows])
+    tx.run_many(sql.INSERT_RESPONSE, [row for job in added for row in job.response_rows])
+    save_sessions(tx, changed)
+    return len(added), len(changed), len(items) - len(added) - len(changed)
+
+
+def delete_user_sessions(tx: Tx, user_id: str) -> int:
+    """Delete every session of one user (with their rows); return how many."""
+    return tx.run(sql.DELETE_USER_SESSIONS, {"user_id": user_id})
 
 
 def _rewrite_children(tx: Tx, job: SaveJob) -> None:
@@ -204,6 +240,42 @@ def save_document(tx: Tx, category: str, name: str, kind: str, content: str, now
             "now": tx.time.bind(now),
         },
     )
+
+
+def import_documents(tx: Tx, rows: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Store imported documents, leaving alone those already stored with that content.
+
+    Each row holds ``category``, ``name``, ``kind``, ``content`` and ``now`` (storage form).
+
+    Returns:
+        How many documents were added, updated and found unchanged.
+    """
+    added = updated = 0
+    for row in rows:
+        stored = load_document(tx, row["category"], row["name"], row["kind"])
+        if stored == row["content"]:
+            continue
+        tx.run(sql.UPSERT_DOCUMENT, row)
+        if stored is None:
+            added += 1
+        else:
+            updated += 1
+    return added, updated, len(rows) - added - updated
+
+
+def list_categories(tx: Tx) -> list[str]:
+    """Return every category that holds a document, sorted."""
+    return [row[0] for row in tx.rows(sql.LIST_CATEGORIES, {})]
+
+
+def documents_in(tx: Tx, category: str) -> list[tuple[str, str, str, datetime]]:
+    """Return a category's documents as ``(name, kind, content, updated_at)``, sorted."""
+    return [
+        (name, kind, content, tx.time.read(updated_at))
+        for name, kind, content, updated_at in tx.rows(
+            sql.DOCUMENTS_IN_CATEGORY, {"category": category}
+        )
+    ]
 
 
 def load_document(tx: Tx, category: str, name: str, kind: str) -> str | None:

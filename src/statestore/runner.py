@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from statestore import sql
 from statestore.engine import Synchronous, database_errors, sqlite_pragmas, write_connection
 from statestore.tx import AlchemyTx, SQLiteTx, Tx
 
@@ -80,6 +81,9 @@ class Runner(Protocol):
     ) -> None:
         """Run ``batch_body`` on ``item``, possibly in one transaction with other items
         queued for the same ``batch_body`` -- never two with the same ``key``."""
+
+    async def compact(self) -> tuple[int, int]:
+        """Give deleted rows' space back; return the bytes used before and after."""
 
     async def close(self) -> None:
         """Finish queued work and release every connection."""
@@ -128,6 +132,7 @@ class SQLiteRunner:
     """A writer thread with group commit and a reader pool, on one SQLite file."""
 
     def __init__(self, path: str, *, synchronous: Synchronous, busy_timeout_ms: int) -> None:
+        self._path = path
         self._connect: Callable[[], sqlite3.Connection] = partial(
             _connect_sqlite, path, synchronous, busy_timeout_ms
         )
@@ -284,6 +289,29 @@ class SQLiteRunner:
                 raise
         return results
 
+    async def compact(self) -> tuple[int, int]:
+        return await asyncio.to_thread(self._compact)
+
+    def _compact(self) -> tuple[int, int]:
+        before = self._size()
+        with database_errors("compact"):
+            connection = self._connect()
+            try:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                connection.execute("VACUUM")
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                connection.close()
+        return before, self._size()
+
+    def _size(self) -> int:
+        """The database file's bytes plus its WAL's."""
+        return sum(
+            os.path.getsize(file)
+            for file in (self._path, self._path + "-wal")
+            if os.path.exists(file)
+        )
+
     async def close(self) -> None:
         self._jobs.put(_STOP)
         await asyncio.to_thread(self._writer.join)
@@ -375,6 +403,15 @@ class AlchemyRunner:
                 connection = await write_connection(connection)
                 async with connection.begin():
                     return await connection.run_sync(_with_tx(body))
+
+    async def compact(self) -> tuple[int, int]:
+        with database_errors("compact"):
+            async with self._engine.connect() as connection:
+                connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                before = (await connection.exec_driver_sql(sql.POSTGRESQL_SIZE)).scalar_one()
+                await connection.exec_driver_sql(sql.POSTGRESQL_VACUUM)
+                after = (await connection.exec_driver_sql(sql.POSTGRESQL_SIZE)).scalar_one()
+        return int(before), int(after)
 
     async def close(self) -> None:
         while self._writes:

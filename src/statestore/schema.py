@@ -7,6 +7,10 @@ checks that autogenerate finds nothing to change at head. Stored formats:
 * timestamps: :class:`UTCDateTime` -- on SQLite ``YYYY-MM-DD HH:MM:SS.ffffff`` text in UTC
   (so text order is time order), on PostgreSQL ``timestamptz``.
 * JSON: ``JSON`` (SQLite text usable with ``json_extract``; PostgreSQL ``json``).
+
+Revision 0003 adds two read-only views over these tables, ``session_overview`` and
+``session_exchanges``; they are created and dropped by the migrations only (see
+``migrations/versions/0003_analytics_views_and_indexes.py``).
 """
 
 from __future__ import annotations
@@ -126,9 +130,21 @@ sessions = Table(
         server_default=text("0"),
         comment="Random id of the stored state; new on every save.",
     ),
+    Column(
+        "unset_fields",
+        JSON(none_as_null=True),
+        nullable=True,
+        comment=(
+            "JSON list of user_messages/agent_responses/metadata when the session was "
+            "given without them (an older file store's JSON), so export leaves them out too."
+        ),
+    ),
     Index(None, "updated_at", "id"),
     Index(None, "user_id", "updated_at", "id"),
     Index(None, "project_id", "updated_at", "id"),
+    Index(None, "active_seed_id"),
+    Index(None, "active_persona_id"),
+    Index(None, "created_at"),
 )
 
 messages = Table(
@@ -170,6 +186,8 @@ responses = Table(
     Column("created_at", UTCDateTime, nullable=False, comment="The response's timestamp."),
     Column("extra", JSON(none_as_null=True), nullable=True, comment="Unmodelled fields."),
     Index(None, "created_at"),
+    Index(None, "seed_id", "evaluation_passed"),
+    Index(None, "phase_reached"),
 )
 
 documents = Table(

@@ -9,6 +9,7 @@ in ``(updated_at, id)``.
 from __future__ import annotations
 
 __all__ = [
+    "COUNT_DOCUMENTS",
     "COUNT_SESSIONS",
     "DELETE_DOCUMENT",
     "DELETE_MESSAGES_FROM",
@@ -16,18 +17,26 @@ __all__ = [
     "DELETE_RESPONSES_FROM",
     "DELETE_SESSION",
     "DELETE_STALE_SESSIONS",
+    "DELETE_USER_SESSIONS",
+    "DOCUMENTS_IN_CATEGORY",
     "INSERT_MESSAGE",
     "INSERT_RESPONSE",
     "INSERT_SESSION_IF_MISSING",
+    "LIST_CATEGORIES",
     "LIST_DOCUMENT_NAMES",
     "LIST_SESSION_IDS",
     "LOAD_DOCUMENT",
     "LOAD_SESSION",
+    "POSTGRESQL_SIZE",
+    "POSTGRESQL_VACUUM",
     "SELECT_MESSAGES",
     "SELECT_RESPONSES",
     "SESSION_SUMMARIES",
     "SESSION_TOKENS",
     "STALE_SESSION_EXISTS",
+    "STATS_DAYS",
+    "STATS_PASS_RATES",
+    "STATS_TOTALS",
     "UPSERT_DOCUMENT",
     "UPSERT_MESSAGE",
     "UPSERT_RESPONSE",
@@ -36,11 +45,13 @@ __all__ = [
 
 _SESSION_VALUES = (
     ":id, :user_id, :active_seed_id, :active_persona_id, :project_id, :message_count, "
-    ":response_count, :created_at, :updated_at, :metadata, :extra, 1, :state_token"
+    ":response_count, :created_at, :updated_at, :metadata, :extra, 1, :state_token, "
+    ":unset_fields"
 )
 _SESSION_COLUMNS = (
     "id, user_id, active_seed_id, active_persona_id, project_id, message_count, "
-    "response_count, created_at, updated_at, metadata, extra, version, state_token"
+    "response_count, created_at, updated_at, metadata, extra, version, state_token, "
+    "unset_fields"
 )
 
 UPSERT_SESSION = f"""
@@ -57,7 +68,8 @@ ON CONFLICT (id) DO UPDATE SET
     metadata = excluded.metadata,
     extra = excluded.extra,
     version = sessions.version + 1,
-    state_token = excluded.state_token
+    state_token = excluded.state_token,
+    unset_fields = excluded.unset_fields
 """
 
 INSERT_SESSION_IF_MISSING = f"""
@@ -70,7 +82,7 @@ SESSION_TOKENS = "SELECT id, state_token FROM sessions WHERE id IN ({placeholder
 
 LOAD_SESSION = """
 SELECT id, user_id, active_seed_id, active_persona_id, message_count, response_count,
-       created_at, updated_at, metadata, extra, state_token
+       created_at, updated_at, metadata, extra, state_token, unset_fields
 FROM sessions WHERE id = :id
 """
 
@@ -129,6 +141,8 @@ FROM sessions {where} ORDER BY updated_at DESC, id DESC {limit}
 
 DELETE_SESSION = "DELETE FROM sessions WHERE id = :id"
 
+DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id"
+
 LIST_SESSION_IDS = "SELECT id FROM sessions"
 
 COUNT_SESSIONS = "SELECT value FROM statestore_counters WHERE name = 'sessions'"
@@ -161,6 +175,50 @@ SELECT content FROM documents WHERE category = :category AND name = :name AND ki
 
 LIST_DOCUMENT_NAMES = "SELECT name FROM documents WHERE category = :category"
 
+LIST_CATEGORIES = "SELECT DISTINCT category FROM documents ORDER BY category"
+
+DOCUMENTS_IN_CATEGORY = """
+SELECT name, kind, content, updated_at FROM documents
+WHERE category = :category ORDER BY name, kind
+"""
+
 DELETE_DOCUMENT = """
 DELETE FROM documents WHERE category = :category AND name = :name AND kind = :kind
 """
+
+_TABLES = ("sessions", "messages", "responses", "documents", "statestore_counters")
+
+POSTGRESQL_SIZE = "SELECT " + " + ".join(
+    f"pg_total_relation_size('{table}'::regclass)" for table in _TABLES
+)
+"""Bytes statestore's tables and their indexes take on PostgreSQL."""
+
+POSTGRESQL_VACUUM = f"VACUUM (FULL, ANALYZE) {', '.join(_TABLES)}"
+
+# -- stats, from the views of revision 0003 ------------------------------------------------
+
+STATS_TOTALS = """
+SELECT count(*), count(DISTINCT user_id), sum(message_count), sum(response_count),
+       min(first_activity_at), max(last_activity_at)
+FROM session_overview
+"""
+
+COUNT_DOCUMENTS = "SELECT count(*) FROM documents"
+
+STATS_PASS_RATES = """
+SELECT seed_id, count(*) AS evaluated,
+       sum(CASE WHEN evaluation_passed THEN 1 ELSE 0 END) AS passed
+FROM session_exchanges WHERE evaluation_passed IS NOT NULL
+GROUP BY seed_id ORDER BY seed_id NULLS FIRST
+"""
+
+_STATS_DAYS = """
+SELECT {day} AS day, count(*), count(DISTINCT session_id), count(DISTINCT user_id)
+FROM session_exchanges WHERE asked_at >= :since
+GROUP BY {day} ORDER BY day
+"""
+STATS_DAYS = {
+    "sqlite": _STATS_DAYS.format(day="date(asked_at)"),
+    "postgresql": _STATS_DAYS.format(day="CAST(asked_at AT TIME ZONE 'UTC' AS date)"),
+}
+"""Activity per UTC day since ``:since``, by dialect."""

@@ -12,6 +12,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore import codec, queries
+from statestore import codec, filestore, queries
 from statestore import migrate as migrations
 from statestore.engine import Synchronous, create_engine, prepare_engine, resolve_url
 from statestore.errors import InvalidDataError, StateStoreError, StoreClosedError
@@ -33,6 +34,7 @@ from statestore.runner import (
     acquire_sqlite_runner,
     release_sqlite_runner,
 )
+from statestore.stats import StoreStats, read_stats
 from statestore.tx import Tx
 
 __all__ = ["StateStore"]
@@ -467,6 +469,20 @@ class StateStore:
         saved: Session = outcome["session"]
         return saved
 
+    async def delete_user(self, user_id: str) -> int:
+        """Delete every session of one user, with their messages and responses.
+
+        One transaction: a privacy-law erasure request either happens whole or not at all.
+        Documents are not touched (they belong to no user).
+
+        Returns:
+            How many sessions were deleted.
+        """
+        codec.check_text("user_id", user_id)
+        return await self._write(
+            "delete_user", partial(queries.delete_user_sessions, user_id=user_id)
+        )
+
     async def prune_sessions(self, config: PruneConfig) -> int:
         """Delete old sessions and return how many were deleted.
 
@@ -588,20 +604,9 @@ class StateStore:
         check_category(category)
         check_name(name)
         if category == SESSIONS_CATEGORY:
-            await self.save_session(self._session_document(name, data))
+            await self.save_session(codec.session_from_document(name, data))
             return
         await self._save_document(category, name, "json", codec.dump_json_document("data", data))
-
-    @staticmethod
-    def _session_document(name: str, data: Any) -> Session:
-        if isinstance(data, BaseModel):
-            data = data.model_dump(mode="json")
-        if not isinstance(data, dict):
-            raise InvalidDataError("data", "a session document must be a JSON object")
-        data = {"id": name, **data}
-        if data["id"] != name:
-            raise InvalidDataError("data.id", f"{data['id']!r} does not match the name {name!r}")
-        return Session.model_validate(data)
 
     @overload
     async def load_json(self, category: str, name: str) -> Any: ...
@@ -645,6 +650,13 @@ class StateStore:
 
         return await self._read("list_category", body)
 
+    async def list_categories(self) -> list[str]:
+        """Return every category that holds a markdown or JSON document, sorted.
+
+        ``sessions`` is listed only when it holds markdown documents.
+        """
+        return await self._read("list_categories", queries.list_categories)
+
     async def delete_file(self, category: str, name: str) -> bool:
         """Delete the JSON document of that name if present, else the markdown one.
 
@@ -662,3 +674,88 @@ class StateStore:
             return deleted_json or queries.delete_document(tx, category, name, "markdown")
 
         return await self._write("delete_file", body)
+
+    # -- moving data in and out, upkeep ---------------------------------------------------
+
+    async def import_directory(
+        self, directory: str | os.PathLike[str], *, progress: filestore.Progress | None = None
+    ) -> filestore.ImportReport:
+        """Import a file store's directory: sessions, and documents of every category.
+
+        ``sessions/<id>.json`` files become sessions with their messages and responses;
+        every other ``<category>/<name>.md|.json`` (nested categories too) becomes a
+        document. Idempotent: what is already stored exactly so is left alone, so
+        importing a directory twice changes nothing. Files are imported
+        :data:`~statestore.filestore.IMPORT_BATCH` to a transaction, so a crash leaves only
+        whole sessions and a rerun finishes the job.
+
+        A file that cannot be imported (not UTF-8, not JSON, not a valid session, a name
+        the rules refuse, ...) is skipped and listed in the report with the reason;
+        nothing else is skipped because of it. Leftover ``*.tmp`` files are counted.
+
+        Args:
+            directory: The file store's root folder.
+            progress: Called with ``(files done, files in all)`` after each batch.
+
+        Raises:
+            InvalidDataError: ``directory`` is not a directory.
+            DatabaseError: The database failed; batches committed before stay.
+        """
+        return await filestore.import_directory(self, Path(directory), progress)
+
+    async def export_directory(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        user_id: str | None = None,
+        overwrite: bool = False,
+        progress: filestore.Progress | None = None,
+    ) -> filestore.ExportReport:
+        """Write the store out in the file store's layout and format, for a rollback.
+
+        Sessions become ``sessions/<id>.json`` and documents ``<category>/<name>.md|.json``,
+        as the file store wrote them (JSON indented by two spaces, its field order, UTC
+        timestamps ending in ``Z``); each file is written to a temp file and renamed, and
+        its modification time is the stored ``updated_at``. Each file is one saved state;
+        stop writers first for a snapshot of the whole store.
+
+        Args:
+            directory: Where to write; created if missing.
+            user_id: Only this user's sessions (and no documents).
+            overwrite: Write into a directory that is not empty, replacing files of the
+                same names and leaving the others.
+            progress: Called with ``(items done, items in all)`` as it goes.
+
+        Raises:
+            InvalidDataError: ``directory`` is not empty (without ``overwrite``) or not a
+                directory.
+        """
+        return await filestore.export_directory(
+            self, Path(directory), user_id=user_id, overwrite=overwrite, progress=progress
+        )
+
+    async def stats(self, *, days: int = 7) -> StoreStats:
+        """Return the store's headline numbers, read from the analytics views.
+
+        Args:
+            days: How many recent UTC days (today included) to report activity for.
+        """
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            raise InvalidDataError("days", f"must be an int >= 1, not {days!r}")
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = today - timedelta(days=days - 1)
+        return await self._read("stats", partial(read_stats, since=since))
+
+    async def compact(self) -> tuple[int, int]:
+        """Give back the space that deleted sessions left, and return the size before and after.
+
+        On SQLite: checkpoint the WAL into the database file, ``VACUUM``, and truncate the
+        WAL; sizes are the database file plus its WAL. On PostgreSQL: ``VACUUM (FULL,
+        ANALYZE)`` of statestore's tables; sizes are those tables with their indexes.
+        Either way writers wait while it runs: run it after a large prune, off-peak.
+
+        Returns:
+            ``(bytes before, bytes after)``.
+        """
+        self._check_writable("compact")
+        return await self._runner.compact()

@@ -1,0 +1,362 @@
+"""The file store's directory layout: read for import, written again for export.
+
+The file store kept one pretty-printed JSON file per session, ``sessions/<id>.json``, and
+named documents as ``<category>/<name>.md`` (markdown) or ``<category>/<name>.json``, where
+a category may be nested (``memory/notes/x.md``). Each file was written to a temporary
+file and renamed over the old one, so a crash could leave ``*.tmp`` files behind.
+
+Here files become checked rows (in a worker thread, a batch at a time) and stored state
+becomes files again; :class:`statestore.StateStore` exposes both as ``import_directory``
+and ``export_directory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from statestore import codec, queries
+from statestore.errors import InvalidDataError, InvalidNameError
+from statestore.models import Session
+from statestore.names import SESSIONS_CATEGORY, check_category, check_name
+from statestore.tx import Tx
+
+if TYPE_CHECKING:
+    from statestore.store import StateStore
+
+__all__ = [
+    "TEMP_SUFFIX",
+    "DocumentFile",
+    "ExportReport",
+    "ImportReport",
+    "Progress",
+    "SessionFile",
+    "SkippedFile",
+    "document_path",
+    "export_directory",
+    "find_files",
+    "import_directory",
+    "json_document_text",
+    "json_file_text",
+    "read_file",
+    "session_file_text",
+    "write_file",
+]
+
+TEMP_SUFFIX = ".tmp"
+"""Files the file store left half-written; import ignores and counts them."""
+
+_SUFFIX_KIND = {".md": "markdown", ".json": "json"}
+_KIND_SUFFIX = {kind: suffix for suffix, kind in _SUFFIX_KIND.items()}
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file import could not read, and why."""
+
+    path: str
+    """The file's path relative to the imported directory, with ``/`` separators."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class SessionFile:
+    """A ``sessions/<id>.json`` file, validated."""
+
+    path: str
+    session: Session
+
+
+@dataclass(frozen=True)
+class DocumentFile:
+    """A ``<category>/<name>.md|.json`` file, checked and in storage form."""
+
+    path: str
+    category: str
+    name: str
+    kind: str
+    content: str
+    """Markdown text, or the JSON value as compact JSON text."""
+    modified_at: datetime
+    """The file's modification time, kept as the document's ``updated_at``."""
+
+
+@dataclass
+class ImportReport:
+    """What :meth:`~statestore.StateStore.import_directory` did.
+
+    ``*_added`` were new, ``*_updated`` replaced a different stored version, and
+    ``*_unchanged`` were already stored exactly so (a second import of one directory
+    reports everything unchanged).
+    """
+
+    sessions_added: int = 0
+    sessions_updated: int = 0
+    sessions_unchanged: int = 0
+    documents_added: int = 0
+    documents_updated: int = 0
+    documents_unchanged: int = 0
+    temp_files: int = 0
+    """Leftover ``*.tmp`` files, ignored."""
+    skipped: list[SkippedFile] = field(default_factory=list)
+    """Files not imported, each with the reason, in path order."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every file other than temp files was imported."""
+        return not self.skipped
+
+
+@dataclass
+class ExportReport:
+    """What :meth:`~statestore.StateStore.export_directory` wrote."""
+
+    sessions: int = 0
+    documents: int = 0
+
+
+def find_files(root: Path) -> tuple[list[str], int]:
+    """Return the files under ``root`` to import, sorted, and how many temp files there are.
+
+    Paths are relative, with ``/`` separators.
+
+    Raises:
+        InvalidDataError: ``root`` is not a directory.
+    """
+    if not root.is_dir():
+        raise InvalidDataError("directory", f"{str(root)!r} is not a directory")
+    found: list[str] = []
+    temp_files = 0
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for file_name in sorted(files):
+            if file_name.endswith(TEMP_SUFFIX):
+                temp_files += 1
+            else:
+                found.append((Path(folder) / file_name).relative_to(root).as_posix())
+    return found, temp_files
+
+
+def read_file(root: Path, path: str) -> SessionFile | DocumentFile | SkippedFile:
+    """Read and check one file; a file that cannot be imported comes back as skipped."""
+    *folders, file_name = path.split("/")
+    stem, suffix = os.path.splitext(file_name)
+    kind = _SUFFIX_KIND.get(suffix)
+    if kind is None:
+        return SkippedFile(path, "not a .md or .json file")
+    if not folders:
+        return SkippedFile(path, "not inside a category folder")
+    category = "/".join(folders)
+    try:
+        check_category(category)
+        check_name(stem)
+    except InvalidNameError as exc:
+        return SkippedFile(path, str(exc))
+    try:
+        raw = (root / path).read_bytes()
+        modified_at = datetime.fromtimestamp((root / path).stat().st_mtime, UTC)
+    except OSError as exc:
+        return SkippedFile(path, f"cannot be read: {exc.strerror}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return SkippedFile(path, f"not UTF-8 text (byte {raw[exc.start]:#04x} at {exc.start})")
+    try:
+        if kind == "markdown":
+            codec.check_text("content", text)
+            return DocumentFile(path, category, stem, kind, text, modified_at)
+        data = json.loads(text)
+        if category == SESSIONS_CATEGORY:
+            return SessionFile(path, codec.session_from_document(stem, data))
+        content = codec.dump_json_document("data", data)
+    except json.JSONDecodeError as exc:
+        return SkippedFile(path, f"not valid JSON: {exc}")
+    except InvalidDataError as exc:
+        return SkippedFile(path, str(exc))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "session"
+        return SkippedFile(path, f"not a valid session: {where}: {first['msg']}")
+    except RecursionError:
+        return SkippedFile(path, "JSON nests too deeply")
+    return DocumentFile(path, category, stem, kind, content, modified_at)
+
+
+def json_file_text(data: object) -> str:
+    """Return a JSON value as the file store wrote it: indented by two spaces, not ASCII-escaped."""
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def session_file_text(session: Session) -> str:
+    """Return a session's file as the file store wrote it."""
+    return json_file_text(session.model_dump(mode="json"))
+
+
+def json_document_text(content: str) -> str:
+    """Return a JSON document's file as the file store wrote it, from its stored text."""
+    return json_file_text(json.loads(content))
+
+
+def document_path(category: str, name: str, kind: str) -> str:
+    """Return the relative path of a document's file."""
+    return f"{category}/{name}{_KIND_SUFFIX[kind]}"
+
+
+def write_file(root: Path, path: str, text: str, modified_at: datetime | None = None) -> None:
+    """Write one file the way the file store did: a temp file renamed over the old one."""
+    target = root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f"{target.name}.{os.getpid()}{TEMP_SUFFIX}")
+    temporary.write_text(text, encoding="utf-8")
+    if modified_at is not None:
+        stamp = modified_at.timestamp()
+        os.utime(temporary, (stamp, stamp))
+    os.replace(temporary, target)
+
+
+IMPORT_BATCH = 200
+"""Files imported per transaction: a crash loses at most the batch in flight, never part
+of a session, and a rerun finishes the job."""
+
+EXPORT_BATCH = 100
+"""Sessions loaded before their files are written, in one thread hop."""
+
+Progress = Callable[[int, int], None]
+"""Called with (files done, files in all) as an import or export goes."""
+
+
+def _read_batch(
+    store: StateStore, root: Path, paths: list[str], skipped: list[SkippedFile]
+) -> tuple[list[tuple[queries.SaveJob, Session]], list[dict[str, Any]]]:
+    """Read, check and turn into rows one batch of files (in a worker thread)."""
+    sessions: list[tuple[queries.SaveJob, Session]] = []
+    documents: list[dict[str, Any]] = []
+    for path in paths:
+        read = read_file(root, path)
+        if isinstance(read, SkippedFile):
+            skipped.append(read)
+        elif isinstance(read, SessionFile):
+            try:
+                job, _ = store._save_job(read.session)
+            except InvalidDataError as exc:
+                skipped.append(SkippedFile(path, str(exc)))
+                continue
+            sessions.append((job, read.session))
+        else:
+            documents.append(
+                {
+                    "category": read.category,
+                    "name": read.name,
+                    "kind": read.kind,
+                    "content": read.content,
+                    "now": store._time.bind(read.modified_at),
+                }
+            )
+    return sessions, documents
+
+
+def _import_batch(
+    tx: Tx,
+    sessions: list[tuple[queries.SaveJob, Session]],
+    documents: list[dict[str, Any]],
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    return queries.import_sessions(tx, sessions), queries.import_documents(tx, documents)
+
+
+async def import_directory(
+    store: StateStore, root: Path, progress: Progress | None = None
+) -> ImportReport:
+    """Import a file store's directory; see :meth:`StateStore.import_directory`."""
+    store._check_writable("import_directory")
+    paths, temp_files = await asyncio.to_thread(find_files, root)
+    report = ImportReport(temp_files=temp_files)
+    for start in range(0, len(paths), IMPORT_BATCH):
+        batch = paths[start : start + IMPORT_BATCH]
+        sessions, documents = await asyncio.to_thread(
+            _read_batch, store, root, batch, report.skipped
+        )
+        session_counts, document_counts = await store._write(
+            "import_directory", partial(_import_batch, sessions=sessions, documents=documents)
+        )
+        report.sessions_added += session_counts[0]
+        report.sessions_updated += session_counts[1]
+        report.sessions_unchanged += session_counts[2]
+        report.documents_added += document_counts[0]
+        report.documents_updated += document_counts[1]
+        report.documents_unchanged += document_counts[2]
+        if progress is not None:
+            progress(start + len(batch), len(paths))
+    return report
+
+
+def _write_sessions(root: Path, sessions: list[Session]) -> None:
+    for session in sessions:
+        path = f"{SESSIONS_CATEGORY}/{session.id}.json"
+        write_file(root, path, session_file_text(session), session.updated_at)
+
+
+def _write_documents(root: Path, category: str, rows: list[tuple[str, str, str, datetime]]) -> None:
+    for name, kind, content, updated_at in rows:
+        text = json_document_text(content) if kind == "json" else content
+        write_file(root, document_path(category, name, kind), text, updated_at)
+
+
+def _check_export_target(root: Path, overwrite: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise InvalidDataError("directory", f"{str(root)!r} is not a directory")
+    if not overwrite and root.is_dir() and any(root.iterdir()):
+        raise InvalidDataError(
+            "directory",
+            f"{str(root)!r} is not empty; export into an empty directory, "
+            "or allow writing over its files (overwrite)",
+        )
+
+
+async def export_directory(
+    store: StateStore,
+    root: Path,
+    *,
+    user_id: str | None,
+    overwrite: bool,
+    progress: Progress | None,
+) -> ExportReport:
+    """Write the store out as a file store; see :meth:`StateStore.export_directory`."""
+    if user_id is not None:
+        codec.check_text("user_id", user_id)
+    await asyncio.to_thread(_check_export_target, root, overwrite)
+    session_ids = [summary.id async for summary in store.iter_sessions(user_id=user_id)]
+    categories = (
+        []
+        if user_id is not None
+        else await store._read("export_directory", queries.list_categories)
+    )
+    total = len(session_ids) + len(categories)
+    report = ExportReport()
+    for start in range(0, len(session_ids), EXPORT_BATCH):
+        loaded = [
+            await store.load_session(session_id)
+            for session_id in session_ids[start : start + EXPORT_BATCH]
+        ]
+        sessions = [session for session in loaded if session is not None]  # deleted meanwhile
+        await asyncio.to_thread(_write_sessions, root, sessions)
+        report.sessions += len(sessions)
+        if progress is not None:
+            progress(start + len(loaded), total)
+    for done, category in enumerate(categories, start=1):
+        rows = await store._read(
+            "export_directory", partial(queries.documents_in, category=category)
+        )
+        await asyncio.to_thread(_write_documents, root, category, rows)
+        report.documents += len(rows)
+        if progress is not None:
+            progress(len(session_ids) + done, total)
+    return report

@@ -1,0 +1,85 @@
+"""The headline numbers of a store, read from the analytics views in one transaction."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import BaseModel
+
+from statestore import sql
+from statestore.models import UTCTimestamp
+from statestore.tx import Tx
+
+__all__ = ["DayActivity", "SeedPassRate", "StoreStats", "read_stats"]
+
+
+class SeedPassRate(BaseModel):
+    """How the responses given with one seed fared in evaluation."""
+
+    seed_id: str | None
+    evaluated: int
+    """Responses with an evaluation result."""
+    passed: int
+
+    @property
+    def pass_rate(self) -> float:
+        """``passed / evaluated``."""
+        return self.passed / self.evaluated
+
+
+class DayActivity(BaseModel):
+    """What happened on one UTC day, counted by the user messages sent that day."""
+
+    day: date
+    messages: int
+    sessions: int
+    users: int
+
+
+class StoreStats(BaseModel):
+    """The numbers an operator looks at first.
+
+    ``sessions`` to ``last_activity_at`` cover the whole store; ``days`` lists the recent
+    days with activity, oldest first.
+    """
+
+    sessions: int
+    users: int
+    messages: int
+    responses: int
+    documents: int
+    first_activity_at: UTCTimestamp | None
+    last_activity_at: UTCTimestamp | None
+    pass_rates: list[SeedPassRate]
+    days: list[DayActivity]
+
+
+def _day(value: object) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def read_stats(tx: Tx, since: datetime) -> StoreStats:
+    """Read the store's numbers; ``days`` counts activity from ``since`` on."""
+    sessions, users, messages, responses, first, last = tx.rows(sql.STATS_TOTALS, {})[0]
+    documents = tx.rows(sql.COUNT_DOCUMENTS, {})[0][0]
+    pass_rates = [
+        SeedPassRate(seed_id=seed_id, evaluated=evaluated, passed=passed)
+        for seed_id, evaluated, passed in tx.rows(sql.STATS_PASS_RATES, {})
+    ]
+    days = [
+        DayActivity(day=_day(day), messages=day_messages, sessions=day_sessions, users=day_users)
+        for day, day_messages, day_sessions, day_users in tx.rows(
+            sql.STATS_DAYS[tx.dialect], {"since": tx.time.bind(since)}
+        )
+    ]
+    return StoreStats(
+        sessions=sessions,
+        users=users,
+        messages=messages or 0,
+        responses=responses or 0,
+        documents=documents,
+        first_activity_at=None if first is None else tx.time.read(first),
+        last_activity_at=None if last is None else tx.time.read(last),
+        pass_rates=pass_rates,
+        days=days,
+    )
