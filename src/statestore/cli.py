@@ -260,7 +260,7 @@ def show(db: str, session_id: str, as_json: bool) -> None:
         if position < len(session.user_messages):
             message = session.user_messages[position]
             out.print(Text(f"[{position}] user  {_when(message.timestamp)}", style="cyan"))
-            out.print(Text(message.content))
+            click.echo(message.content)  # as written: no wrapping, tabs kept
         if position < len(session.agent_responses):
             response = session.agent_responses[position]
             verdict = {True: "passed", False: "failed", None: "-"}[response.evaluation_passed]
@@ -272,7 +272,7 @@ def show(db: str, session_id: str, as_json: bool) -> None:
                     style="green",
                 )
             )
-            out.print(Text(response.content))
+            click.echo(response.content)
 
 
 @cli.command()
@@ -392,7 +392,7 @@ def doc(db: str, category: str, name: str, kind: str | None) -> None:
     text = _run(work())
     if text is None:
         raise click.ClickException(f"no document {name!r} in category {category!r}")
-    click.echo(text)
+    click.echo(text, nl=not text.endswith("\n"))
 
 
 @cli.command()
