@@ -6,13 +6,13 @@ reads and parses every session file, then sorts. This is what statestore replace
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 
 from statestore import Session, SessionSummary
 from statestore.codec import project_id_of
+from statestore.filestore import session_file_text
 
 
 class FileStore:
@@ -24,7 +24,7 @@ class FileStore:
 
     def save_session(self, session: Session) -> None:
         """Write the whole session as pretty JSON, atomically by rename."""
-        text = json.dumps(json.loads(session.model_dump_json()), indent=2, ensure_ascii=False)
+        text = session_file_text(session)
         fd, temp_path = tempfile.mkstemp(dir=self.sessions_dir, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as temp_file:
             temp_file.write(text)

@@ -24,3 +24,24 @@ def test_benchmark_runs_and_reports_every_figure() -> None:
     assert len(rows) == 10
     for figure in ("append one exchange", "throughput", "list newest 50", "list all", "load a"):
         assert any(figure in row for row in rows), figure
+
+
+def test_import_benchmark_runs_and_reports_every_operation() -> None:
+    """bench_import.py --quick exits 0 with a files/s row per operation."""
+    result = subprocess.run(
+        [sys.executable, "bench_import.py", "--quick"],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row.split("|")[1].strip().split(":")[0] for row in rows] == [
+        "file store floor",
+        "file store read",
+        "statestore import (new database)",
+        "statestore import again (all unchanged)",
+        "statestore export",
+    ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,29 @@ def test_python_examples_run(tmp_path: Path) -> None:
             [sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_main_job_imports_the_sample_then_lists_and_prints_stats(tmp_path: Path) -> None:
+    """The first set-up command, after its install, imports the sample, lists, and reports."""
+    command = code_blocks("console")[0].strip()
+    install = "python3 -m venv .venv && .venv/bin/pip install -q . && "
+    assert command.startswith(install)
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    scripts = Path(sys.executable).parent
+    result = subprocess.run(
+        command.removeprefix(install).replace(".venv/bin/", f"{scripts}/"),
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={key: value for key, value in os.environ.items() if key != "STATESTORE_DB"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sessions: 40 added" in result.stdout
+    assert "Error: 4 files were not imported" in result.stderr
+    assert "77001ae3-1f80-4666-85e4-2f4d0b904d54" in result.stdout  # the listing
+    assert "evaluation by seed" in result.stdout  # the stats
+    assert (tmp_path / "statestore.db").is_file()
 
 
 def test_quickstart_runs_twice_on_the_same_database(tmp_path: Path) -> None:

@@ -174,16 +174,19 @@ def read_file(root: Path, path: str) -> SessionFile | DocumentFile | SkippedFile
         if kind == "markdown":
             codec.check_text("content", text)
             return DocumentFile(path, category, stem, kind, text, modified_at)
-        data = json.loads(text)
         if category == SESSIONS_CATEGORY:
-            return SessionFile(path, codec.session_from_document(stem, data))
-        content = codec.dump_json_document("data", data)
+            return SessionFile(path, codec.session_from_json(stem, text))
+        content = codec.dump_json_document("data", json.loads(text))
     except json.JSONDecodeError as exc:
         return SkippedFile(path, f"not valid JSON: {exc}")
     except InvalidDataError as exc:
         return SkippedFile(path, str(exc))
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            return SkippedFile(
+                path, f"not valid JSON: {first['msg'].removeprefix('Invalid JSON: ')}"
+            )
         where = ".".join(str(part) for part in first["loc"]) or "session"
         return SkippedFile(path, f"not a valid session: {where}: {first['msg']}")
     except RecursionError:
