@@ -1,18 +1,160 @@
-"""Shared fixtures: a migrated store on a real SQLite file, disposed after each test."""
+"""Shared fixtures: a migrated store on each backend under test, and SQLite helpers.
+
+Tests that take ``store`` (or ``target``) run once per backend chosen with
+``--backends`` or ``$STATESTORE_TEST_BACKENDS`` (default ``sqlite,postgresql``), unless they
+also take ``db_path`` or ``traced``, or are marked ``sqlite_only``: those are about the
+SQLite file and run on SQLite only. PostgreSQL is the server at
+``$STATESTORE_TEST_POSTGRESQL`` (default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``);
+each test run creates a database of its own there and drops it at the end, and each test
+starts with its tables empty.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from sqlalchemy import URL, make_url
 
-from statestore import StateStore, runner
+from statestore import StateStore, migrate, runner
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "filestore-sample"
+
+BACKENDS = ("sqlite", "postgresql")
+POSTGRESQL_SERVER = os.environ.get(
+    "STATESTORE_TEST_POSTGRESQL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+SQLITE_ONLY_FIXTURES = {"db_path", "traced"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backends",
+        default=os.environ.get("STATESTORE_TEST_BACKENDS", ",".join(BACKENDS)),
+        help="comma-separated backends the store tests run on (sqlite, postgresql)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: a test about SQLite, run on SQLite only")
+    chosen = [name.strip() for name in config.getoption("--backends").split(",") if name.strip()]
+    unknown = set(chosen) - set(BACKENDS)
+    if unknown or not chosen:
+        raise pytest.UsageError(f"--backends takes {', '.join(BACKENDS)}; got {chosen}")
+    config.stash[_BACKENDS] = chosen
+
+
+_BACKENDS = pytest.StashKey[list[str]]()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" not in metafunc.fixturenames:
+        return
+    sqlite_only = SQLITE_ONLY_FIXTURES & set(metafunc.fixturenames) or (
+        metafunc.definition.get_closest_marker("sqlite_only") is not None
+    )
+    chosen = ["sqlite"] if sqlite_only else metafunc.config.stash[_BACKENDS]
+    metafunc.parametrize("backend", chosen)
+
+
+def run_apart(work: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to the end in a thread of its own (callable with a loop running)."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, work).result()
+
+
+def server_dsn(database: str | None = None) -> str:
+    """Return an asyncpg DSN for the test server, on ``database`` if given."""
+    url = make_url(POSTGRESQL_SERVER)
+    if database is not None:
+        url = url.set(database=database)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_database(name: str) -> None:
+    """Create an empty database on the test server."""
+    try:
+        connection = await asyncpg.connect(server_dsn())
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RuntimeError(
+            f"the PostgreSQL test server at {POSTGRESQL_SERVER} is not reachable ({exc}); "
+            "start it, point $STATESTORE_TEST_POSTGRESQL at one, or run SQLite only with "
+            "--backends=sqlite"
+        ) from exc
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def drop_database(name: str) -> None:
+    """Drop a database of the test server, disconnecting whoever is still on it."""
+    connection = await asyncpg.connect(server_dsn())
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def fresh_postgresql() -> Iterator[URL]:
+    """Yield the URL of a new, empty database on the test server; drop it afterwards."""
+    name = f"statestore_test_{os.getpid()}_{secrets.token_hex(4)}"
+    run_apart(create_database(name))
+    try:
+        yield make_url(POSTGRESQL_SERVER).set(database=name)
+    finally:
+        run_apart(drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[URL]:
+    """Yield the URL of this test run's own database, migrated to head; drop it at the end."""
+    name = f"statestore_test_{os.getpid()}_{secrets.token_hex(4)}"
+    run_apart(create_database(name))
+    url = make_url(POSTGRESQL_SERVER).set(database=name)
+    try:
+        run_apart(migrate.upgrade(url))
+        yield url
+    finally:
+        run_apart(drop_database(name))
+
+
+async def empty_tables(url: URL) -> None:
+    """Delete every row statestore keeps, so that a test starts from an empty store."""
+    connection = await asyncpg.connect(server_dsn(url.database))
+    try:
+        await connection.execute(
+            "TRUNCATE sessions, messages, responses, documents; "
+            "UPDATE statestore_counters SET value = 0"
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend this test runs on (parametrized in ``pytest_generate_tests``)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def target(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path | URL:
+    """Return where a store for this test lives: a new SQLite file, or the emptied test database."""
+    if backend == "sqlite":
+        return tmp_path / "state.db"
+    url: URL = request.getfixturevalue("postgresql_url")
+    run_apart(empty_tables(url))
+    return url
 
 
 @pytest.fixture
@@ -22,9 +164,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[StateStore]:
-    """Yield a store on a new, migrated SQLite file and close it afterwards."""
-    async with StateStore.open(db_path) as opened:
+async def store(target: Path | URL) -> AsyncIterator[StateStore]:
+    """Yield a store on a new, migrated database of the backend under test; close it after."""
+    async with StateStore.open(target) as opened:
         yield opened
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage
+from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage, sql
 from statestore.engine import resolve_url
 
 from .conftest import Traced
@@ -153,10 +153,11 @@ async def test_a_file_that_is_not_a_database_fails_at_open(tmp_path: Path) -> No
     assert path.read_bytes().startswith(b"this is not a database")
 
 
-async def test_database_errors_are_translated(store: StateStore) -> None:
+async def test_database_errors_are_translated(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A failure inside the database surfaces as DatabaseError with the cause attached."""
-    async with store.engine.begin() as connection:
-        await connection.execute(text("DROP TABLE messages"))
+    monkeypatch.setattr(sql, "UPSERT_MESSAGE", "INSERT INTO no_such_table VALUES (:content)")
 
     session = Session(user_id="u", user_messages=[UserMessage(content="x")])
     with pytest.raises(DatabaseError, match="save_session") as raised:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -425,7 +426,8 @@ async def test_compact_gives_space_back_after_deletes(store: StateStore) -> None
     """After most sessions are deleted, compact reports a smaller database than before."""
     for index in range(200):
         session = Session(id=f"s{index}", user_id="u")
-        session.user_messages.extend(UserMessage(content="x" * 2000) for _ in range(5))
+        # Random text: PostgreSQL would compress a repeated character to nothing.
+        session.user_messages.extend(UserMessage(content=secrets.token_hex(1000)) for _ in range(5))
         await store.save_session(session)
     for index in range(190):
         await store.delete_session(f"s{index}")

@@ -8,11 +8,14 @@ import logging
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import URL
 
 from statestore import (
     AgentResponse,
+    DatabaseError,
     InvalidDataError,
     InvalidNameError,
     PruneConfig,
@@ -21,6 +24,7 @@ from statestore import (
     StateStore,
     StoreClosedError,
     UserMessage,
+    queries,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -538,24 +542,21 @@ async def test_save_session_with_prune_respects_throttle(store: StateStore) -> N
 
 
 async def test_background_prune_errors_are_logged(
-    store: StateStore, caplog: pytest.LogCaptureFixture
+    store: StateStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failing background prune is logged on the statestore logger, not raised."""
     session = make_session()
     await store.save_session(session)
-    await store.engine.dispose()
-    async with store.engine.connect() as connection:
-        await connection.exec_driver_sql("DROP VIEW session_exchanges")
-        await connection.exec_driver_sql("DROP VIEW session_overview")
-        await connection.exec_driver_sql("DROP TABLE messages")
-        await connection.exec_driver_sql("DROP TABLE responses")
-        await connection.exec_driver_sql("ALTER TABLE sessions RENAME TO gone")
-        await connection.commit()
 
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise DatabaseError("prune_sessions failed: simulated")
+
+    monkeypatch.setattr(queries, "prune_pending", broken)
     with caplog.at_level(logging.ERROR, logger="statestore"):
         await store._prune_in_background(PruneConfig(max_sessions=1, ttl_hours=1))
 
     assert "background prune failed" in caplog.text
+    assert "simulated" in caplog.text
 
 
 # -- lifecycle ----------------------------------------------------------------------------
@@ -604,14 +605,15 @@ async def test_wrapping_a_host_engine_leaves_it_usable(db_path: Path) -> None:
         await engine.dispose()
 
 
-async def test_cancelled_save_still_commits_whole(store: StateStore) -> None:
+async def test_cancelled_save_still_commits_whole(target: Path | URL) -> None:
     """Cancelling the caller of a save does not cut the write: it commits whole."""
     session = make_session(messages=50)
-    task = asyncio.create_task(store.save_session(session))
-    await asyncio.sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await store.delete_session("barrier")  # writes run in order: the save ran before this
-
-    assert await store.load_session(session.id) == session
+    async with StateStore.open(target) as store:
+        task = asyncio.create_task(store.save_session(session))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # close() waited for the write in flight
+    async with StateStore.open(target) as store:
+        assert await store.load_session(session.id) == session

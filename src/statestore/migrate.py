@@ -182,8 +182,23 @@ def check_foreign_keys(connection: Connection) -> None:
         raise StateStoreError(f"migration left broken foreign keys: {violations[:5]}")
 
 
+MIGRATION_LOCK_KEY = 0x5374_6174_6553_746F
+"""The PostgreSQL advisory lock an upgrade or downgrade holds until its transaction ends."""
+
+
+def _take_migration_lock(connection: Connection) -> None:
+    """On PostgreSQL, wait for any other migration of this database to commit first.
+
+    SQLite needs no lock: its migrations begin with ``BEGIN IMMEDIATE``. The revision is
+    read after the lock, so a process that waited finds the schema already upgraded.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+
+
 def _run(connection: Connection, revision: str, *, downgrade: bool = False) -> None:
     _check_foreign_keys_off(connection)
+    _take_migration_lock(connection)
     _refuse_unknown(_current(connection))
     scripts = _scripts()
 
