@@ -46,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: a test about SQLite, run on SQLite only")
+    config.addinivalue_line(
+        "markers", "postgresql: a test about PostgreSQL, run only when it is a chosen backend"
+    )
     chosen = [name.strip() for name in config.getoption("--backends").split(",") if name.strip()]
     unknown = set(chosen) - set(BACKENDS)
     if unknown or not chosen:
@@ -62,8 +65,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     sqlite_only = SQLITE_ONLY_FIXTURES & set(metafunc.fixturenames) or (
         metafunc.definition.get_closest_marker("sqlite_only") is not None
     )
-    chosen = ["sqlite"] if sqlite_only else metafunc.config.stash[_BACKENDS]
+    if metafunc.definition.get_closest_marker("postgresql") is not None:
+        chosen = ["postgresql"]
+    elif sqlite_only:
+        chosen = ["sqlite"]
+    else:
+        chosen = metafunc.config.stash[_BACKENDS]
     metafunc.parametrize("backend", chosen)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the PostgreSQL tests when PostgreSQL is not a chosen backend."""
+    if "postgresql" in config.stash[_BACKENDS]:
+        return
+    left_out = [item for item in items if item.get_closest_marker("postgresql") is not None]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item.get_closest_marker("postgresql") is None]
 
 
 def run_apart(work: Coroutine[Any, Any, Any]) -> Any:

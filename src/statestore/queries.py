@@ -90,13 +90,22 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
 
 
 def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
-    """Return the stored ``state_token`` of each of these sessions that exists."""
+    """Return the stored ``state_token`` of each of these sessions that exists.
+
+    On PostgreSQL the rows stay locked until the transaction ends, taken in id order (so
+    two transactions never wait on each other in a circle): a concurrent save of one of
+    these sessions waits, and then this one sees its token, not the one before it.
+    """
+    statement = sql.SESSION_TOKENS
+    if tx.dialect == "postgresql":
+        statement += " FOR UPDATE"
+    ordered = sorted(session_ids)
     stored: dict[str, int] = {}
-    for start in range(0, len(session_ids), _LOOKUP_CHUNK):
-        chunk = session_ids[start : start + _LOOKUP_CHUNK]
+    for start in range(0, len(ordered), _LOOKUP_CHUNK):
+        chunk = ordered[start : start + _LOOKUP_CHUNK]
         placeholders = ", ".join(f":id{index}" for index in range(len(chunk)))
         params = {f"id{index}": session_id for index, session_id in enumerate(chunk)}
-        rows = tx.rows(sql.SESSION_TOKENS.format(placeholders=placeholders), params)
+        rows = tx.rows(statement.format(placeholders=placeholders), params)
         stored.update((session_id, token) for session_id, token in rows)
     return stored
 

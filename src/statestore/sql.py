@@ -77,7 +77,7 @@ INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_SESSION_VALUES})
 ON CONFLICT (id) DO NOTHING
 """
 
-SESSION_TOKENS = "SELECT id, state_token FROM sessions WHERE id IN ({placeholders})"
+SESSION_TOKENS = "SELECT id, state_token FROM sessions WHERE id IN ({placeholders}) ORDER BY id"
 """Format ``placeholders`` with one ``:idN`` per session id."""
 
 LOAD_SESSION = """
