@@ -33,8 +33,16 @@ down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# SQLite's date functions keep milliseconds only (and round), so seconds are the whole
+# seconds of the text's first 19 characters plus the microseconds read from the rest
+# (always six digits): exact, as PostgreSQL's are.
 SECONDS_BETWEEN = {
-    "sqlite": "(julianday({later}) - julianday({earlier})) * 86400.0",
+    "sqlite": (
+        "(CAST(strftime('%s', substr({later}, 1, 19)) AS INTEGER)"
+        " - CAST(strftime('%s', substr({earlier}, 1, 19)) AS INTEGER)"
+        " + (CAST(substr({later}, 21) AS INTEGER) - CAST(substr({earlier}, 21) AS INTEGER))"
+        " / 1000000.0)"
+    ),
     "postgresql": "EXTRACT(EPOCH FROM ({later} - {earlier}))::double precision",
 }
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from statestore.errors import InvalidDataError
 from statestore.models import (
@@ -191,9 +192,17 @@ def _load_json(text: Any) -> Any:
 def dump_json_document(field: str, data: object) -> str:
     """Check ``data`` (a JSON-able value or a pydantic model) and return its JSON text."""
     if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
+        data = _model_as_json(field, data)
     check_json(field, data)
     return _dump_json(field, data)
+
+
+def _model_as_json(field: str, model: BaseModel) -> Any:
+    """Return a model's JSON value, or raise InvalidDataError saying why it has none."""
+    try:
+        return model.model_dump(mode="json")
+    except (PydanticSerializationError, ValueError) as exc:  # UnicodeDecodeError too
+        raise InvalidDataError(field, f"cannot be written as JSON: {exc}") from None
 
 
 def _extra(field: str, model: BaseModel) -> str | None:
@@ -211,8 +220,12 @@ def session_from_document(name: str, data: object) -> Session:
         InvalidDataError: ``data`` is not an object, or its ``id`` is not ``name``.
         pydantic.ValidationError: It is not a valid session.
     """
+    if isinstance(data, Session):  # saved as it is, through save_session's checks
+        if data.id != name:
+            raise InvalidDataError("data.id", f"{data.id!r} does not match the name {name!r}")
+        return data
     if isinstance(data, BaseModel):
-        data = data.model_dump(mode="json")
+        data = _model_as_json("data", data)
     if not isinstance(data, dict):
         raise InvalidDataError("data", "a session document must be a JSON object")
     return _named(name, Session.model_validate(data))

@@ -51,7 +51,12 @@ def format_timestamp(moment: datetime) -> str:
 
     The fraction has no trailing zeros and is left out when zero, as Go's RFC3339Nano
     layout (which wrote the file store's files) does.
+
+    Raises:
+        ValueError: ``moment`` is naive (its zone would be a guess).
     """
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment.isoformat()} has no time zone; use UTC")
     moment = moment.astimezone(UTC)
     text = (
         f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"

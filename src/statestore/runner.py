@@ -379,9 +379,14 @@ class AlchemyRunner:
         self._writes: set[asyncio.Task[Any]] = set()
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
+        # One snapshot for the whole read: at READ COMMITTED each statement would see the
+        # saves committed before it, so a session row and its messages could come from two
+        # different saves.
         with database_errors(operation):
-            async with self._engine.connect() as connection, connection.begin():
-                return await connection.run_sync(_with_tx(body))
+            async with self._engine.connect() as connection:
+                snapshot = await connection.execution_options(isolation_level="REPEATABLE READ")
+                async with snapshot.begin():
+                    return await snapshot.run_sync(_with_tx(body))
 
     async def write_batched(
         self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
@@ -394,8 +399,15 @@ class AlchemyRunner:
     async def write(self, operation: str, body: Body[ResultT]) -> ResultT:
         task = asyncio.ensure_future(self._write_unit(operation, body))
         self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(self._finished)
         return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Its caller may have been cancelled and gone: the error is the caller's to
+            # see, and nobody else's to log as "never retrieved".
+            logger.debug("write failed: %s", task.exception())
 
     async def _write_unit(self, operation: str, body: Body[ResultT]) -> ResultT:
         with database_errors(operation):

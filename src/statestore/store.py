@@ -61,6 +61,11 @@ _updating: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
 )
 
 
+def _check_prune_config(config: object) -> None:
+    if not isinstance(config, PruneConfig):
+        raise InvalidDataError("config", f"must be a PruneConfig, not {config!r}")
+
+
 class _Opening:
     """What :meth:`StateStore.open` returns: await it, or use it with ``async with``."""
 
@@ -438,6 +443,8 @@ class StateStore:
             InvalidDataError: ``fn`` left the session unstorable or changed its id.
         """
         check_name(session_id, kind="session id")
+        if not callable(fn):
+            raise InvalidDataError("fn", f"must be a function of the session, not {fn!r}")
         outcome: dict[str, Any] = {}
 
         async def apply(session: Session) -> queries.SaveJob:
@@ -491,6 +498,7 @@ class StateStore:
         nothing to delete this costs two indexed lookups; otherwise sessions go in
         set-based batches of :data:`PRUNE_BATCH`, each its own transaction.
         """
+        _check_prune_config(config)
         cutoff = datetime.now(UTC) - timedelta(hours=config.ttl_hours) if config.ttl_hours else None
         pending = await self._read(
             "prune_sessions",
@@ -540,6 +548,9 @@ class StateStore:
             config: The prune rules.
             throttle: When given, prune only if ``throttle.should_prune()`` lets it through.
         """
+        _check_prune_config(config)
+        if throttle is not None and not isinstance(throttle, PruneThrottle):
+            raise InvalidDataError("throttle", f"must be a PruneThrottle, not {throttle!r}")
         await self.save_session(session)
         if throttle is not None and not throttle.should_prune():
             return
