@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import POSTGRESQL_SERVER
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -45,3 +49,23 @@ def test_import_benchmark_runs_and_reports_every_operation() -> None:
         "statestore import again (all unchanged)",
         "statestore export",
     ]
+
+
+@pytest.mark.postgresql
+def test_backend_benchmark_reports_every_operation_on_both() -> None:
+    """bench_backends.py --quick exits 0 with one row per operation, both backends measured."""
+    result = subprocess.run(
+        [sys.executable, "bench_backends.py", "--quick", "--postgresql", POSTGRESQL_SERVER],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows[1:]) == 9
+    for name, sqlite, postgresql, ratio in rows[1:]:
+        assert float(sqlite.replace(",", "")) > 0, name
+        assert float(postgresql.replace(",", "")) > 0, name
+        assert ratio.strip().endswith("x"), name
