@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import inspect
 import json
-import logging
 import os
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -18,52 +13,19 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 from sqlalchemy import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import codec, filestore, queries
 from statestore import migrate as migrations
-from statestore.engine import Synchronous, create_engine, prepare_engine, resolve_url
-from statestore.errors import InvalidDataError, StateStoreError, StoreClosedError
-from statestore.models import Session, SessionSummary, SessionTail, StoredState, edit_count
+from statestore.engine import Synchronous, create_engine, resolve_url
+from statestore.errors import InvalidDataError
 from statestore.names import SESSIONS_CATEGORY, check_category, check_name
-from statestore.prune import PruneConfig, PruneThrottle
-from statestore.runner import (
-    AlchemyRunner,
-    Runner,
-    SQLiteRunner,
-    acquire_sqlite_runner,
-    release_sqlite_runner,
-)
+from statestore.sessions import SessionStore
 from statestore.stats import StoreStats, read_stats
 from statestore.tx import Tx
 
 __all__ = ["StateStore"]
 
-logger = logging.getLogger("statestore")
-
 ModelT = TypeVar("ModelT", bound=BaseModel)
-ResultT = TypeVar("ResultT")
-SessionUpdate = Callable[[Session], Session | Awaitable[Session | None] | None]
-
-PRUNE_BATCH = 1_000
-"""Sessions deleted per prune transaction, so that saves interleave with a large prune."""
-
-# State tokens only need to differ from each other; a PRNG seeded from the OS (again in
-# every forked child, so that no two processes share a sequence) is 100 times cheaper than
-# a system call per save.
-_tokens = random.Random()
-os.register_at_fork(after_in_child=_tokens.seed)
-
-# The runner whose write transaction an update_session_with fn is running inside: stores
-# on one SQLite file share a runner, so a write through any of them would wait forever.
-_updating: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
-    "statestore_updating", default=None
-)
-
-
-def _check_prune_config(config: object) -> None:
-    if not isinstance(config, PruneConfig):
-        raise InvalidDataError("config", f"must be a PruneConfig, not {config!r}")
 
 
 class _Opening:
@@ -90,7 +52,7 @@ class _Opening:
             await self._store.close()
 
 
-class StateStore:
+class StateStore(SessionStore):
     """Sessions and named documents kept in SQL tables.
 
     Open one with :meth:`open` (statestore creates and owns the engine), or wrap an
@@ -112,29 +74,6 @@ class StateStore:
     Raises:
         InvalidDataError: The engine is on an in-memory SQLite database.
     """
-
-    def __init__(
-        self, engine: AsyncEngine, *, synchronous: Synchronous = "FULL", busy_timeout: float = 30.0
-    ) -> None:
-        prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000))
-        self._engine = engine
-        self._owns_engine = False
-        self._closed = False
-        self._prunes: set[asyncio.Task[None]] = set()
-        self._runner: Runner
-        if engine.dialect.name == "sqlite":
-            path = engine.url.database
-            if not path or path == ":memory:" or "mode=memory" in path:
-                raise InvalidDataError(
-                    "target", "statestore needs a SQLite file, not an in-memory database"
-                )
-            self._runner = acquire_sqlite_runner(
-                path, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000)
-            )
-            self._time = codec.SQLITE_TIME
-        else:
-            self._runner = AlchemyRunner(engine)
-            self._time = codec.POSTGRESQL_TIME
 
     @classmethod
     def open(
@@ -186,386 +125,6 @@ class StateStore:
             return store
 
         return _Opening(opener)
-
-    @property
-    def engine(self) -> AsyncEngine:
-        """The engine this store runs on."""
-        return self._engine
-
-    async def close(self) -> None:
-        """Finish queued writes and background prunes, then release every connection.
-
-        Idempotent. A store that opened its own engine disposes of it.
-        """
-        if self._closed:
-            return
-        while self._prunes:
-            await asyncio.gather(*self._prunes, return_exceptions=True)
-        self._closed = True
-        if isinstance(self._runner, SQLiteRunner):
-            await release_sqlite_runner(self._runner)
-        else:
-            await self._runner.close()
-        if self._owns_engine:
-            await self._engine.dispose()
-
-    async def __aenter__(self) -> StateStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    # -- plumbing -----------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreClosedError("this StateStore is closed")
-
-    async def _read(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
-        self._check_open()
-        return await self._runner.read(operation, body)
-
-    def _check_writable(self, operation: str) -> None:
-        self._check_open()
-        if _updating.get() is self._runner:
-            raise StateStoreError(
-                f"{operation} called from inside update_session_with's fn, which holds this "
-                "database's write transaction: change the session passed to fn instead"
-            )
-
-    async def _write(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
-        self._check_writable(operation)
-        return await self._runner.write(operation, body)
-
-    def _save_job(self, session: Session) -> tuple[queries.SaveJob, Callable[[], None]]:
-        """Check a session and prepare its save; return it and what to do once committed.
-
-        Only the appended rows are checked and turned into rows when the session's stored
-        state says nothing else changed; the writer still confirms that state's token.
-        """
-        token = _tokens.getrandbits(63)
-        edits = edit_count()
-        row = codec.session_row(session, self._time, token)
-        messages, responses = session.user_messages, session.agent_responses
-        stored = session._stored
-        if stored is not None and stored.appended_only(session):
-            expected: int | None = stored.token
-            message_start, response_start = stored.message_count, stored.response_count
-        else:
-            expected, message_start, response_start = None, 0, 0
-        job = queries.SaveJob(
-            session_id=session.id,
-            session_row=row,
-            expected_token=expected,
-            message_rows=codec.message_rows(
-                session.id, messages[message_start:], self._time, message_start
-            ),
-            response_rows=codec.response_rows(
-                session.id, responses[response_start:], self._time, response_start
-            ),
-            user_messages=messages,
-            agent_responses=responses,
-        )
-        saved = StoredState.of(token, session, edits)
-
-        def remember() -> None:
-            session._stored = saved
-
-        return job, remember
-
-    # -- sessions -----------------------------------------------------------------------
-
-    async def save_session(self, session: Session) -> None:
-        """Store ``session`` whole: loading it again returns exactly this state.
-
-        A session that was loaded (or saved) through this store and since only had
-        messages and responses appended writes just the session row and the new rows;
-        anything else -- edits, removals, a copy whose stored state changed since it was
-        loaded -- rewrites the session whole, so the last save wins, whole.
-
-        Raises:
-            InvalidNameError: The session id breaks the naming rules.
-            InvalidDataError: A field cannot be stored (the error names it); nothing is written.
-            DatabaseError: The database failed; nothing is written.
-        """
-        self._check_writable("save_session")
-        job, remember = self._save_job(session)
-        await self._runner.write_batched("save_session", queries.save_sessions, job, session.id)
-        remember()
-
-    async def update_session(self, session: Session) -> None:
-        """Same as :meth:`save_session`."""
-        await self.save_session(session)
-
-    async def load_session(self, session_id: str) -> Session | None:
-        """Return the stored session with this id, or ``None`` if there is none."""
-        check_name(session_id, kind="session id")
-        return await self._read(
-            "load_session", partial(queries.load_session, session_id=session_id)
-        )
-
-    async def load_tail(self, session_id: str, count: int) -> SessionTail | None:
-        """Return a session's last ``count`` messages and responses with their positions.
-
-        Reads only those rows, however long the history: for building a prompt. The result
-        is a :class:`SessionTail`, not a :class:`Session`, so it cannot be saved as one.
-        """
-        check_name(session_id, kind="session id")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise InvalidDataError("count", f"must be an int >= 0, not {count!r}")
-        return await self._read(
-            "load_tail", partial(queries.load_tail, session_id=session_id, count=count)
-        )
-
-    async def list_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        project_id: str | None = None,
-        limit: int | None = None,
-        after: SessionSummary | None = None,
-        updated_before: datetime | None = None,
-    ) -> list[SessionSummary]:
-        """Return session summaries, most recently updated first (ties: higher id first).
-
-        With no arguments, every session. Never reads messages.
-
-        Args:
-            user_id: Only this user's sessions.
-            project_id: Only sessions of this project.
-            limit: At most this many (a page).
-            after: Only sessions listed after this summary: pass a page's last summary to
-                get the next page.
-            updated_before: Only sessions last updated before this instant.
-        """
-        conditions: list[str] = []
-        params: dict[str, Any] = {}
-        if user_id is not None:
-            codec.check_text("user_id", user_id)
-            conditions.append("user_id = :user_id")
-            params["user_id"] = user_id
-        if project_id is not None:
-            codec.check_text("project_id", project_id)
-            conditions.append("project_id = :project_id")
-            params["project_id"] = project_id
-        if after is not None:
-            if not isinstance(after, SessionSummary):
-                raise InvalidDataError("after", "must be a SessionSummary from a listing")
-            conditions.append("(updated_at, id) < (:after_updated_at, :after_id)")
-            params["after_updated_at"] = self._time.bind(after.updated_at)
-            params["after_id"] = after.id
-        if updated_before is not None:
-            if not isinstance(updated_before, datetime) or updated_before.tzinfo is None:
-                raise InvalidDataError("updated_before", "must be a timezone-aware datetime")
-            conditions.append("updated_at < :updated_before")
-            params["updated_before"] = self._time.bind(updated_before)
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
-        ):
-            raise InvalidDataError("limit", f"must be an int >= 1, not {limit!r}")
-        return await self._read(
-            "list_sessions",
-            partial(queries.list_summaries, conditions=conditions, params=params, limit=limit),
-        )
-
-    async def iter_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        project_id: str | None = None,
-        page_size: int = 500,
-    ) -> AsyncIterator[SessionSummary]:
-        """Yield every matching summary, newest first, reading one page at a time.
-
-        The same order and filters as :meth:`list_sessions`, holding at most ``page_size``
-        summaries in memory however many sessions there are.
-        """
-        after: SessionSummary | None = None
-        while True:
-            page = await self.list_sessions(
-                user_id=user_id, project_id=project_id, limit=page_size, after=after
-            )
-            for summary in page:
-                yield summary
-            if len(page) < page_size:
-                return
-            after = page[-1]
-
-    async def delete_session(self, session_id: str) -> bool:
-        """Delete a session with its messages and responses; return whether it existed."""
-        check_name(session_id, kind="session id")
-        return await self._write(
-            "delete_session", partial(queries.delete_session, session_id=session_id)
-        )
-
-    async def get_or_create_session(self, user_id: str, session_id: str | None = None) -> Session:
-        """Return the session with ``session_id``, creating and saving it when missing.
-
-        With no ``session_id`` a new session with a fresh id is created. An existing session
-        is returned as stored, whatever its ``user_id``. Atomic: racing callers get one session.
-        """
-        codec.check_text("user_id", user_id)
-        if session_id is None:
-            new_session = Session(user_id=user_id)
-        else:
-            new_session = Session(user_id=user_id, id=check_name(session_id, kind="session id"))
-        job, remember = self._save_job(new_session)
-
-        def body(tx: Tx) -> Session | None:
-            if queries.insert_session_if_missing(tx, job.session_row):
-                return None
-            return queries.load_session(tx, new_session.id)
-
-        existing = await self._write("get_or_create_session", body)
-        if existing is not None:
-            return existing
-        remember()
-        return new_session
-
-    async def update_session_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
-        """Load a session, apply ``fn`` to it, and save it, all in one write transaction.
-
-        ``fn`` (sync or async) changes the session in place or returns a replacement. It
-        runs on the event loop while the store's write transaction is held, so it must not
-        write through this store (reads are fine); keep it short. Concurrent calls on one
-        session never lose each other's changes.
-
-        Returns:
-            The saved session, or ``None`` if no session has this id (``fn`` is not called).
-
-        Raises:
-            Exception: Whatever ``fn`` raises; nothing is saved then.
-            InvalidDataError: ``fn`` left the session unstorable or changed its id.
-        """
-        check_name(session_id, kind="session id")
-        if not callable(fn):
-            raise InvalidDataError("fn", f"must be a function of the session, not {fn!r}")
-        outcome: dict[str, Any] = {}
-
-        async def apply(session: Session) -> queries.SaveJob:
-            marker = _updating.set(self._runner)
-            try:
-                returned = fn(session)
-                if inspect.isawaitable(returned):
-                    returned = await returned
-            finally:
-                _updating.reset(marker)
-            if isinstance(returned, Session):
-                session = returned
-            if session.id != session_id:
-                raise InvalidDataError("id", f"fn changed the session id to {session.id!r}")
-            job, outcome["remember"] = self._save_job(session)
-            outcome["session"] = session
-            return job
-
-        def body(tx: Tx) -> bool:
-            session = queries.load_session(tx, session_id, lock=True)
-            if session is None:
-                return False
-            queries.save_sessions(tx, [tx.call_in_loop(apply(session))])
-            return True
-
-        if not await self._write("update_session_with", body):
-            return None
-        outcome["remember"]()
-        saved: Session = outcome["session"]
-        return saved
-
-    async def delete_user(self, user_id: str) -> int:
-        """Delete every session of one user, with their messages and responses.
-
-        One transaction: a privacy-law erasure request either happens whole or not at all.
-        Documents are not touched (they belong to no user).
-
-        Returns:
-            How many sessions were deleted.
-        """
-        codec.check_text("user_id", user_id)
-        return await self._write(
-            "delete_user", partial(queries.delete_user_sessions, user_id=user_id)
-        )
-
-    async def prune_sessions(self, config: PruneConfig) -> int:
-        """Delete old sessions and return how many were deleted.
-
-        First every session not updated within ``config.ttl_hours``, then the least recently
-        updated beyond ``config.max_sessions``. A rule set to 0 is off. When there is
-        nothing to delete this costs two indexed lookups; otherwise sessions go in
-        set-based batches of :data:`PRUNE_BATCH`, each its own transaction.
-        """
-        _check_prune_config(config)
-        cutoff = datetime.now(UTC) - timedelta(hours=config.ttl_hours) if config.ttl_hours else None
-        pending = await self._read(
-            "prune_sessions",
-            partial(queries.prune_pending, cutoff=cutoff, max_sessions=config.max_sessions),
-        )
-        if not pending:
-            return 0
-        deleted = 0
-        if cutoff is not None:
-            while True:
-                removed = await self._write(
-                    "prune_sessions",
-                    partial(queries.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
-                )
-                deleted += removed
-                if removed < PRUNE_BATCH:
-                    break
-        if config.max_sessions:
-            while True:
-                removed = await self._write(
-                    "prune_sessions",
-                    partial(
-                        queries.delete_excess_sessions,
-                        max_sessions=config.max_sessions,
-                        batch=PRUNE_BATCH,
-                    ),
-                )
-                deleted += removed
-                if removed < PRUNE_BATCH:
-                    break
-        return deleted
-
-    async def save_session_with_prune(
-        self,
-        session: Session,
-        config: PruneConfig,
-        *,
-        throttle: PruneThrottle | None = None,
-    ) -> None:
-        """Save ``session``, then prune in a background task the caller does not wait for.
-
-        Prune errors are logged on the ``statestore`` logger. :meth:`close` waits for a
-        prune still running.
-
-        Args:
-            session: The session to save.
-            config: The prune rules.
-            throttle: When given, prune only if ``throttle.should_prune()`` lets it through.
-        """
-        _check_prune_config(config)
-        if throttle is not None and not isinstance(throttle, PruneThrottle):
-            raise InvalidDataError("throttle", f"must be a PruneThrottle, not {throttle!r}")
-        await self.save_session(session)
-        if throttle is not None and not throttle.should_prune():
-            return
-        task = asyncio.create_task(self._prune_in_background(config))
-        self._prunes.add(task)
-        task.add_done_callback(self._prunes.discard)
-
-    async def _prune_in_background(self, config: PruneConfig) -> None:
-        try:
-            deleted = await self.prune_sessions(config)
-        except Exception:
-            logger.exception("background prune failed")
-            return
-        if deleted:
-            logger.info("pruned %d sessions", deleted)
 
     # -- documents ----------------------------------------------------------------------
 

@@ -1,0 +1,326 @@
+"""The session half of the repository: save, load, list, update, delete and prune."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from statestore import codec, queries
+from statestore.base import StoreBase, updating_runner
+from statestore.errors import InvalidDataError
+from statestore.models import Session, SessionSummary, SessionTail
+from statestore.names import check_name
+from statestore.prune import PruneConfig, PruneThrottle
+from statestore.tx import Tx
+
+__all__ = ["PRUNE_BATCH", "SessionStore", "SessionUpdate"]
+
+logger = logging.getLogger("statestore")
+
+SessionUpdate = Callable[[Session], Session | Awaitable[Session | None] | None]
+
+PRUNE_BATCH = 1_000
+"""Sessions deleted per prune transaction, so that saves interleave with a large prune."""
+
+
+def _check_prune_config(config: object) -> None:
+    if not isinstance(config, PruneConfig):
+        raise InvalidDataError("config", f"must be a PruneConfig, not {config!r}")
+
+
+class SessionStore(StoreBase):
+    """Sessions: every operation on the ``sessions``, ``messages`` and ``responses`` tables."""
+
+    # -- sessions -----------------------------------------------------------------------
+
+    async def save_session(self, session: Session) -> None:
+        """Store ``session`` whole: loading it again returns exactly this state.
+
+        A session that was loaded (or saved) through this store and since only had
+        messages and responses appended writes just the session row and the new rows;
+        anything else -- edits, removals, a copy whose stored state changed since it was
+        loaded -- rewrites the session whole, so the last save wins, whole.
+
+        Raises:
+            InvalidNameError: The session id breaks the naming rules.
+            InvalidDataError: A field cannot be stored (the error names it); nothing is written.
+            DatabaseError: The database failed; nothing is written.
+        """
+        self._check_writable("save_session")
+        job, remember = self._save_job(session)
+        await self._runner.write_batched("save_session", queries.save_sessions, job, session.id)
+        remember()
+
+    async def update_session(self, session: Session) -> None:
+        """Same as :meth:`save_session`."""
+        await self.save_session(session)
+
+    async def load_session(self, session_id: str) -> Session | None:
+        """Return the stored session with this id, or ``None`` if there is none."""
+        check_name(session_id, kind="session id")
+        return await self._read(
+            "load_session", partial(queries.load_session, session_id=session_id)
+        )
+
+    async def load_tail(self, session_id: str, count: int) -> SessionTail | None:
+        """Return a session's last ``count`` messages and responses with their positions.
+
+        Reads only those rows, however long the history: for building a prompt. The result
+        is a :class:`SessionTail`, not a :class:`Session`, so it cannot be saved as one.
+        """
+        check_name(session_id, kind="session id")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise InvalidDataError("count", f"must be an int >= 0, not {count!r}")
+        return await self._read(
+            "load_tail", partial(queries.load_tail, session_id=session_id, count=count)
+        )
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        limit: int | None = None,
+        after: SessionSummary | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[SessionSummary]:
+        """Return session summaries, most recently updated first (ties: higher id first).
+
+        With no arguments, every session. Never reads messages.
+
+        Args:
+            user_id: Only this user's sessions.
+            project_id: Only sessions of this project.
+            limit: At most this many (a page).
+            after: Only sessions listed after this summary: pass a page's last summary to
+                get the next page.
+            updated_before: Only sessions last updated before this instant.
+        """
+        conditions: list[str] = []
+        params: dict[str, Any] = {}
+        if user_id is not None:
+            codec.check_text("user_id", user_id)
+            conditions.append("user_id = :user_id")
+            params["user_id"] = user_id
+        if project_id is not None:
+            codec.check_text("project_id", project_id)
+            conditions.append("project_id = :project_id")
+            params["project_id"] = project_id
+        if after is not None:
+            if not isinstance(after, SessionSummary):
+                raise InvalidDataError("after", "must be a SessionSummary from a listing")
+            conditions.append("(updated_at, id) < (:after_updated_at, :after_id)")
+            params["after_updated_at"] = self._time.bind(after.updated_at)
+            params["after_id"] = after.id
+        if updated_before is not None:
+            if not isinstance(updated_before, datetime) or updated_before.tzinfo is None:
+                raise InvalidDataError("updated_before", "must be a timezone-aware datetime")
+            conditions.append("updated_at < :updated_before")
+            params["updated_before"] = self._time.bind(updated_before)
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
+        ):
+            raise InvalidDataError("limit", f"must be an int >= 1, not {limit!r}")
+        return await self._read(
+            "list_sessions",
+            partial(queries.list_summaries, conditions=conditions, params=params, limit=limit),
+        )
+
+    async def iter_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[SessionSummary]:
+        """Yield every matching summary, newest first, reading one page at a time.
+
+        The same order and filters as :meth:`list_sessions`, holding at most ``page_size``
+        summaries in memory however many sessions there are.
+        """
+        after: SessionSummary | None = None
+        while True:
+            page = await self.list_sessions(
+                user_id=user_id, project_id=project_id, limit=page_size, after=after
+            )
+            for summary in page:
+                yield summary
+            if len(page) < page_size:
+                return
+            after = page[-1]
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete a session with its messages and responses; return whether it existed."""
+        check_name(session_id, kind="session id")
+        return await self._write(
+            "delete_session", partial(queries.delete_session, session_id=session_id)
+        )
+
+    async def get_or_create_session(self, user_id: str, session_id: str | None = None) -> Session:
+        """Return the session with ``session_id``, creating and saving it when missing.
+
+        With no ``session_id`` a new session with a fresh id is created. An existing session
+        is returned as stored, whatever its ``user_id``. Atomic: racing callers get one session.
+        """
+        codec.check_text("user_id", user_id)
+        if session_id is None:
+            new_session = Session(user_id=user_id)
+        else:
+            new_session = Session(user_id=user_id, id=check_name(session_id, kind="session id"))
+        job, remember = self._save_job(new_session)
+
+        def body(tx: Tx) -> Session | None:
+            if queries.insert_session_if_missing(tx, job.session_row):
+                return None
+            return queries.load_session(tx, new_session.id)
+
+        existing = await self._write("get_or_create_session", body)
+        if existing is not None:
+            return existing
+        remember()
+        return new_session
+
+    async def update_session_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
+        """Load a session, apply ``fn`` to it, and save it, all in one write transaction.
+
+        ``fn`` (sync or async) changes the session in place or returns a replacement. It
+        runs on the event loop while the store's write transaction is held, so it must not
+        write through this store (reads are fine); keep it short. Concurrent calls on one
+        session never lose each other's changes.
+
+        Returns:
+            The saved session, or ``None`` if no session has this id (``fn`` is not called).
+
+        Raises:
+            Exception: Whatever ``fn`` raises; nothing is saved then.
+            InvalidDataError: ``fn`` left the session unstorable or changed its id.
+        """
+        check_name(session_id, kind="session id")
+        if not callable(fn):
+            raise InvalidDataError("fn", f"must be a function of the session, not {fn!r}")
+        outcome: dict[str, Any] = {}
+
+        async def apply(session: Session) -> queries.SaveJob:
+            marker = updating_runner.set(self._runner)
+            try:
+                returned = fn(session)
+                if inspect.isawaitable(returned):
+                    returned = await returned
+            finally:
+                updating_runner.reset(marker)
+            if isinstance(returned, Session):
+                session = returned
+            if session.id != session_id:
+                raise InvalidDataError("id", f"fn changed the session id to {session.id!r}")
+            job, outcome["remember"] = self._save_job(session)
+            outcome["session"] = session
+            return job
+
+        def body(tx: Tx) -> bool:
+            session = queries.load_session(tx, session_id, lock=True)
+            if session is None:
+                return False
+            queries.save_sessions(tx, [tx.call_in_loop(apply(session))])
+            return True
+
+        if not await self._write("update_session_with", body):
+            return None
+        outcome["remember"]()
+        saved: Session = outcome["session"]
+        return saved
+
+    async def delete_user(self, user_id: str) -> int:
+        """Delete every session of one user, with their messages and responses.
+
+        One transaction: a privacy-law erasure request either happens whole or not at all.
+        Documents are not touched (they belong to no user).
+
+        Returns:
+            How many sessions were deleted.
+        """
+        codec.check_text("user_id", user_id)
+        return await self._write(
+            "delete_user", partial(queries.delete_user_sessions, user_id=user_id)
+        )
+
+    async def prune_sessions(self, config: PruneConfig) -> int:
+        """Delete old sessions and return how many were deleted.
+
+        First every session not updated within ``config.ttl_hours``, then the least recently
+        updated beyond ``config.max_sessions``. A rule set to 0 is off. When there is
+        nothing to delete this costs two indexed lookups; otherwise sessions go in
+        set-based batches of :data:`PRUNE_BATCH`, each its own transaction.
+        """
+        _check_prune_config(config)
+        cutoff = datetime.now(UTC) - timedelta(hours=config.ttl_hours) if config.ttl_hours else None
+        pending = await self._read(
+            "prune_sessions",
+            partial(queries.prune_pending, cutoff=cutoff, max_sessions=config.max_sessions),
+        )
+        if not pending:
+            return 0
+        deleted = 0
+        if cutoff is not None:
+            while True:
+                removed = await self._write(
+                    "prune_sessions",
+                    partial(queries.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
+                )
+                deleted += removed
+                if removed < PRUNE_BATCH:
+                    break
+        if config.max_sessions:
+            while True:
+                removed = await self._write(
+                    "prune_sessions",
+                    partial(
+                        queries.delete_excess_sessions,
+                        max_sessions=config.max_sessions,
+                        batch=PRUNE_BATCH,
+                    ),
+                )
+                deleted += removed
+                if removed < PRUNE_BATCH:
+                    break
+        return deleted
+
+    async def save_session_with_prune(
+        self,
+        session: Session,
+        config: PruneConfig,
+        *,
+        throttle: PruneThrottle | None = None,
+    ) -> None:
+        """Save ``session``, then prune in a background task the caller does not wait for.
+
+        Prune errors are logged on the ``statestore`` logger. :meth:`close` waits for a
+        prune still running.
+
+        Args:
+            session: The session to save.
+            config: The prune rules.
+            throttle: When given, prune only if ``throttle.should_prune()`` lets it through.
+        """
+        _check_prune_config(config)
+        if throttle is not None and not isinstance(throttle, PruneThrottle):
+            raise InvalidDataError("throttle", f"must be a PruneThrottle, not {throttle!r}")
+        await self.save_session(session)
+        if throttle is not None and not throttle.should_prune():
+            return
+        task = asyncio.create_task(self._prune_in_background(config))
+        self._prunes.add(task)
+        task.add_done_callback(self._prunes.discard)
+
+    async def _prune_in_background(self, config: PruneConfig) -> None:
+        try:
+            deleted = await self.prune_sessions(config)
+        except Exception:
+            logger.exception("background prune failed")
+            return
+        if deleted:
+            logger.info("pruned %d sessions", deleted)
