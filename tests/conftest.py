@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,10 @@ async def drop_database(name: str) -> None:
         await connection.close()
 
 
-@pytest.fixture
-def fresh_postgresql() -> Iterator[URL]:
-    """Yield the URL of a new, empty database on the test server; drop it afterwards."""
-    name = f"statestore_test_{os.getpid()}_{secrets.token_hex(4)}"
+@contextmanager
+def own_database(prefix: str) -> Iterator[URL]:
+    """Create a database of its own on the test server, yield its URL, and drop it after."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     run_apart(create_database(name))
     try:
         yield make_url(POSTGRESQL_SERVER).set(database=name)
@@ -134,17 +135,19 @@ def fresh_postgresql() -> Iterator[URL]:
         run_apart(drop_database(name))
 
 
+@pytest.fixture
+def fresh_postgresql() -> Iterator[URL]:
+    """Yield the URL of a new, empty database on the test server; drop it afterwards."""
+    with own_database("statestore_test") as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[URL]:
     """Yield the URL of this test run's own database, migrated to head; drop it at the end."""
-    name = f"statestore_test_{os.getpid()}_{secrets.token_hex(4)}"
-    run_apart(create_database(name))
-    url = make_url(POSTGRESQL_SERVER).set(database=name)
-    try:
+    with own_database("statestore_test") as url:
         run_apart(migrate.upgrade(url))
         yield url
-    finally:
-        run_apart(drop_database(name))
 
 
 async def empty_tables(url: URL) -> None:

@@ -9,8 +9,6 @@ make it worth it (the tests fill 5,000 sessions and ANALYZE first).
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import sqlite3
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import URL, make_url, text
+from sqlalchemy import URL, text
 
 from statestore import AgentResponse, Session, StateStore, UserMessage, migrate, sql
 from statestore.codec import SQLITE_TIME
 from statestore.engine import create_engine
-from tests.conftest import POSTGRESQL_SERVER, create_database, drop_database, run_apart
+from tests.conftest import own_database, run_apart
 from tests.test_listing import T0
 
 SINCE = T0 + timedelta(hours=1)
@@ -171,14 +169,9 @@ async def fill(url: URL) -> None:
 @pytest.fixture(scope="module")
 def filled_postgresql() -> Iterator[URL]:
     """Yield a database of its own, filled once for the module's plan tests; drop it after."""
-    name = f"statestore_plans_{os.getpid()}_{secrets.token_hex(4)}"
-    run_apart(create_database(name))
-    url = make_url(POSTGRESQL_SERVER).set(database=name)
-    try:
+    with own_database("statestore_plans") as url:
         run_apart(fill(url))
         yield url
-    finally:
-        run_apart(drop_database(name))
 
 
 async def pg_plan(
