@@ -1,4 +1,4 @@
-"""The benchmark script runs (small sizes) and reports every figure; timings are not checked."""
+"""The benchmark scripts run (small sizes) and report every figure; timings are not checked."""
 
 from __future__ import annotations
 
@@ -13,18 +13,23 @@ from tests.conftest import POSTGRESQL_SERVER
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_benchmark_runs_and_reports_every_figure() -> None:
-    """bench_sqlite.py --quick exits 0 with one table row per issue-3 figure."""
+def table_rows(script: str, *arguments: str) -> list[str]:
+    """Run a benchmark script, check it exits 0, and return its table's body rows."""
     result = subprocess.run(
-        [sys.executable, "bench_sqlite.py", "--quick"],
+        [sys.executable, script, *arguments],
         cwd=BENCHMARKS,
         capture_output=True,
         text=True,
         timeout=600,
     )
-
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+    return [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
+
+
+def test_benchmark_runs_and_reports_every_figure() -> None:
+    """bench_sqlite.py --quick exits 0 with one table row per issue-3 figure."""
+    rows = table_rows("bench_sqlite.py", "--quick")
+
     assert len(rows) == 10
     for figure in ("append one exchange", "throughput", "list newest 50", "list all", "load a"):
         assert any(figure in row for row in rows), figure
@@ -32,16 +37,8 @@ def test_benchmark_runs_and_reports_every_figure() -> None:
 
 def test_import_benchmark_runs_and_reports_every_operation() -> None:
     """bench_import.py --quick exits 0 with a files/s row per operation."""
-    result = subprocess.run(
-        [sys.executable, "bench_import.py", "--quick"],
-        cwd=BENCHMARKS,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    rows = table_rows("bench_import.py", "--quick")
 
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
     assert [row.split("|")[1].strip().split(":")[0] for row in rows] == [
         "file store floor",
         "file store read",
@@ -54,18 +51,11 @@ def test_import_benchmark_runs_and_reports_every_operation() -> None:
 @pytest.mark.postgresql
 def test_backend_benchmark_reports_every_operation_on_both() -> None:
     """bench_backends.py --quick exits 0 with one row per operation, both backends measured."""
-    result = subprocess.run(
-        [sys.executable, "bench_backends.py", "--quick", "--postgresql", POSTGRESQL_SERVER],
-        cwd=BENCHMARKS,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    rows = table_rows("bench_backends.py", "--quick", "--postgresql", POSTGRESQL_SERVER)
 
-    assert result.returncode == 0, result.stderr
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows[1:]) == 9
-    for name, sqlite, postgresql, ratio in rows[1:]:
+    assert len(rows) == 9
+    for row in rows:
+        name, sqlite, postgresql, ratio = row.split("|")[1:-1]
         assert float(sqlite.replace(",", "")) > 0, name
         assert float(postgresql.replace(",", "")) > 0, name
         assert ratio.strip().endswith("x"), name
