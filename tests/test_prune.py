@@ -317,3 +317,13 @@ async def test_pruned_sessions_leave_no_children(
             s.id: len(s.agent_responses) for s in kept if s.agent_responses
         }
         assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_prune_config_cutoff_is_ttl_hours_ago_or_none() -> None:
+    """The TTL cutoff is now minus ttl_hours, and None when the TTL rule is off."""
+    before = datetime.now(UTC)
+    cutoff = PruneConfig(ttl_hours=5).cutoff()
+    after = datetime.now(UTC)
+    assert cutoff is not None
+    assert before - timedelta(hours=5) <= cutoff <= after - timedelta(hours=5)
+    assert PruneConfig(ttl_hours=0).cutoff() is None

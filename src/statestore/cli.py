@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -309,8 +309,8 @@ def _prunable(summaries: list[SessionSummary], config: PruneConfig) -> list[Sess
     """What :meth:`StateStore.prune_sessions` would delete from these (newest first)."""
     going: list[SessionSummary] = []
     kept = summaries
-    if config.ttl_hours:
-        cutoff = datetime.now(UTC) - timedelta(hours=config.ttl_hours)
+    cutoff = config.cutoff()
+    if cutoff is not None:
         going = [summary for summary in summaries if summary.updated_at < cutoff]
         kept = [summary for summary in summaries if summary.updated_at >= cutoff]
     if config.max_sessions:

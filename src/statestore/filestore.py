@@ -337,11 +337,7 @@ async def export_directory(
         codec.check_text("user_id", user_id)
     await asyncio.to_thread(_check_export_target, root, overwrite)
     session_ids = [summary.id async for summary in store.iter_sessions(user_id=user_id)]
-    categories = (
-        []
-        if user_id is not None
-        else await store._read("export_directory", queries.list_categories)
-    )
+    categories = [] if user_id is not None else await store.list_categories()
     total = len(session_ids) + len(categories)
     report = ExportReport()
     for start in range(0, len(session_ids), EXPORT_BATCH):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +23,12 @@ class PruneConfig(BaseModel):
 
     max_sessions: int = Field(default=100, ge=0)
     ttl_hours: int = Field(default=168, ge=0)
+
+    def cutoff(self) -> datetime | None:
+        """Return the instant before which a session is past the TTL (``None``: TTL off)."""
+        if not self.ttl_hours:
+            return None
+        return datetime.now(UTC) - timedelta(hours=self.ttl_hours)
 
 
 class PruneThrottle:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -257,7 +257,7 @@ class SessionStore(StoreBase):
         set-based batches of :data:`PRUNE_BATCH`, each its own transaction.
         """
         _check_prune_config(config)
-        cutoff = datetime.now(UTC) - timedelta(hours=config.ttl_hours) if config.ttl_hours else None
+        cutoff = config.cutoff()
         pending = await self._read(
             "prune_sessions",
             partial(queries.prune_pending, cutoff=cutoff, max_sessions=config.max_sessions),
