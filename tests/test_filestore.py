@@ -260,10 +260,10 @@ async def test_a_failed_batch_leaves_whole_sessions_and_a_rerun_finishes(
     calls = 0
     import_sessions = queries.import_sessions
 
-    def failing_second_batch(tx: Any, items: Any) -> tuple[int, int, int]:
+    def failing_second_batch(tx: Any, items: Any, **options: Any) -> queries.ImportCounts:
         nonlocal calls
         calls += 1
-        result = import_sessions(tx, items)  # write the rows, then fail before the commit
+        result = import_sessions(tx, items, **options)  # write the rows, then fail before commit
         if calls == 2:
             raise OSError("simulated crash")
         return result

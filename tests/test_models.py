@@ -22,6 +22,7 @@ from statestore import (
     Session,
     SessionSummary,
     UserMessage,
+    codec,
 )
 
 SESSIONS_DIR = Path(__file__).resolve().parents[1] / "examples" / "filestore-sample" / "sessions"
@@ -437,7 +438,8 @@ def test_dump_json_timestamp_format(moment: datetime, expected: str) -> None:
     [
         pytest.param(datetime(2026, 3, 4, 14, 49, 5, 120000, tzinfo=UTC), id="ordinary"),
         pytest.param(datetime(1970, 1, 1, tzinfo=UTC), id="epoch"),
-        pytest.param(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), id="year-9999"),
+        pytest.param(datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC), id="latest"),
+        pytest.param(datetime(1, 1, 2, tzinfo=UTC), id="earliest"),
         pytest.param(datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC), id="year-999"),
     ],
 )
@@ -788,8 +790,8 @@ def test_prune_throttle_lets_one_of_many_threads_through() -> None:
 
 
 def test_fields_a_file_left_out_stay_out_while_empty() -> None:
-    """A session read without its empty lists and metadata dumps without them."""
-    session = Session.model_validate_json('{"id": "s", "user_id": "u"}')
+    """A session file read without its empty lists and metadata dumps without them."""
+    session = codec.session_from_json("s", '{"id": "s", "user_id": "u"}')
     assert set(session.model_dump(mode="json")) == {"id", "user_id", "created_at", "updated_at"}
     session.user_messages.append(UserMessage(content="hi"))
     assert "user_messages" in session.model_dump(mode="json")
@@ -799,4 +801,20 @@ def test_fields_a_file_gave_empty_are_written_back() -> None:
     """Empty lists and metadata given explicitly are written back explicitly."""
     text = '{"id": "s", "user_id": "u", "user_messages": [], "agent_responses": [], "metadata": {}}'
     dumped = Session.model_validate_json(text).model_dump(mode="json")
+    assert (dumped["user_messages"], dumped["agent_responses"], dumped["metadata"]) == ([], [], {})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: Session(user_id="u"), id="constructor"),
+        pytest.param(lambda: Session.model_validate({"user_id": "u"}), id="model_validate"),
+        pytest.param(lambda: Session.model_validate_json('{"user_id": "u"}'), id="validate_json"),
+    ],
+)
+def test_a_new_session_writes_every_field_as_the_file_store_did(
+    make: Callable[[], Session],
+) -> None:
+    """A session made in code dumps its empty lists and metadata, as the file store wrote them."""
+    dumped = make().model_dump(mode="json")
     assert (dumped["user_messages"], dumped["agent_responses"], dumped["metadata"]) == ([], [], {})

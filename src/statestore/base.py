@@ -11,14 +11,14 @@ import os
 import random
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import codec, queries
 from statestore.engine import Synchronous, prepare_engine
 from statestore.errors import InvalidDataError, StateStoreError, StoreClosedError
-from statestore.models import Session, StoredState, edit_count
+from statestore.models import RowLog, Session, StoredState
 from statestore.runner import (
     AlchemyRunner,
     Runner,
@@ -28,7 +28,7 @@ from statestore.runner import (
 )
 from statestore.tx import Tx
 
-__all__ = ["StoreBase"]
+__all__ = ["StoreBase", "forget_unless_stored"]
 
 ResultT = TypeVar("ResultT")
 
@@ -56,8 +56,13 @@ class StoreBase:
         self._engine = engine
         self._owns_engine = False
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None
         self._prunes: set[asyncio.Task[None]] = set()
         self._runner: Runner
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise InvalidDataError(
+                "engine", f"statestore runs on SQLite and PostgreSQL, not {engine.dialect.name}"
+            )
         if engine.dialect.name == "sqlite":
             path = engine.url.database
             if not path or path == ":memory:" or "mode=memory" in path:
@@ -80,10 +85,14 @@ class StoreBase:
     async def close(self) -> None:
         """Finish queued writes and background prunes, then release every connection.
 
-        Idempotent. A store that opened its own engine disposes of it.
+        Idempotent, and safe to cancel: the closing goes on, and a later ``close()`` waits
+        for it to finish. A store that opened its own engine disposes of it.
         """
-        if self._closed:
-            return
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close_now())
+        await asyncio.shield(self._closing)
+
+    async def _close_now(self) -> None:
         while self._prunes:
             await asyncio.gather(*self._prunes, return_exceptions=True)
         self._closed = True
@@ -123,42 +132,70 @@ class StoreBase:
                 "database's write transaction: change the session passed to fn instead"
             )
 
-    async def _write(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
+    def _submit(
+        self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
+    ) -> asyncio.Future[ResultT]:
         self._check_writable(operation)
-        return await self._runner.write(operation, body)
+        return self._runner.submit(operation, body, key=key)
 
-    def _save_job(self, session: Session) -> tuple[queries.SaveJob, Callable[[], None]]:
-        """Check a session and prepare its save; return it and what to do once committed.
+    async def _write(
+        self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
+    ) -> ResultT:
+        """Run a write; ``key`` (a session id) keeps it in order with that session's saves."""
+        return await asyncio.shield(self._submit(operation, body, key=key))
 
-        Only the appended rows are checked and turned into rows when the session's stored
-        state says nothing else changed; the writer still confirms that state's token.
+    def _save_job(self, session: Session) -> tuple[queries.SaveJob, StoredState | None]:
+        """Check a session and capture its save; return it and the session's new record.
+
+        The job holds the whole state at this moment as rows: the appended rows are built
+        now, and the stored prefix is the record's own rows, never the live objects. The
+        append-only path is taken only when the record shows the prefix untouched; the
+        writer still confirms the record's token, and rewrites whole from these rows if
+        another save got there first. The session's record is set now to what this save
+        will store, so a save queued behind it appends to it; if it fails, the record is
+        dropped (see :func:`forget_unless_stored`).
         """
         token = _tokens.getrandbits(63)
-        edits = edit_count()
         row = codec.session_row(session, self._time, token)
         messages, responses = session.user_messages, session.agent_responses
         stored = session._stored
         if stored is not None and stored.appended_only(session):
             expected: int | None = stored.token
-            message_start, response_start = stored.message_count, stored.response_count
+            stored_messages: RowLog | None = stored.message_rows
+            stored_responses: RowLog | None = stored.response_rows
         else:
-            expected, message_start, response_start = None, 0, 0
+            expected, stored_messages, stored_responses = None, None, None
+        message_start = stored_messages.count if stored_messages else 0
+        response_start = stored_responses.count if stored_responses else 0
+        message_rows = RowLog.extend(
+            stored_messages,
+            codec.message_rows(session.id, messages[message_start:], self._time, message_start),
+        )
+        response_rows = RowLog.extend(
+            stored_responses,
+            codec.response_rows(session.id, responses[response_start:], self._time, response_start),
+        )
         job = queries.SaveJob(
             session_id=session.id,
             session_row=row,
             expected_token=expected,
-            message_rows=codec.message_rows(
-                session.id, messages[message_start:], self._time, message_start
-            ),
-            response_rows=codec.response_rows(
-                session.id, responses[response_start:], self._time, response_start
-            ),
-            user_messages=messages,
-            agent_responses=responses,
+            message_rows=message_rows,
+            response_rows=response_rows,
+            message_start=message_start,
+            response_start=response_start,
         )
-        saved = StoredState.of(token, session, edits)
+        record = StoredState.of(token, session, message_rows, response_rows)
+        session._stored = record
+        return job, record
 
-        def remember() -> None:
-            session._stored = saved
 
-        return job, remember
+def forget_unless_stored(
+    session: Session, record: StoredState | None, done: asyncio.Future[Any]
+) -> None:
+    """Drop ``session``'s record if the save that set it did not commit.
+
+    Then the record never claims a state that is not stored, and the next save rewrites
+    whole. A later save's record is left alone.
+    """
+    if (done.cancelled() or done.exception() is not None) and session._stored is record:
+        session._stored = None

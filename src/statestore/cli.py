@@ -137,28 +137,46 @@ def migrate(db: str) -> None:
 
 @cli.command("import")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--replace-newer",
+    is_flag=True,
+    help="Replace stored sessions and documents even where they are newer than the file.",
+)
 @click.pass_obj
-def import_(db: str, directory: Path) -> None:
+def import_(db: str, directory: Path, replace_newer: bool) -> None:
     """Import a file store's directory (sessions/*.json and <category>/<name>.md|.json).
 
-    Creates the database if needed. Importing the same directory again changes nothing.
+    Creates the database if needed. Importing the same directory again changes nothing,
+    and what was saved since the file was written is kept (see --replace-newer).
     Files that cannot be read are listed with the reason and the exit status is 1.
     """
 
     async def work() -> Any:
         async with _opened(db, create=True) as store:
             with _progress("importing") as progress:
-                return await store.import_directory(directory, progress=progress)
+                return await store.import_directory(
+                    directory, replace_newer=replace_newer, progress=progress
+                )
 
     report = _run(work())
-    click.echo(
-        f"sessions: {report.sessions_added} added, {report.sessions_updated} updated, "
-        f"{report.sessions_unchanged} unchanged"
-    )
-    click.echo(
-        f"documents: {report.documents_added} added, {report.documents_updated} updated, "
-        f"{report.documents_unchanged} unchanged"
-    )
+    for what, added, updated, unchanged, kept in (
+        (
+            "sessions",
+            report.sessions_added,
+            report.sessions_updated,
+            report.sessions_unchanged,
+            report.sessions_kept,
+        ),
+        (
+            "documents",
+            report.documents_added,
+            report.documents_updated,
+            report.documents_unchanged,
+            report.documents_kept,
+        ),
+    ):
+        newer = f", {kept} kept (stored newer than the file)" if kept else ""
+        click.echo(f"{what}: {added} added, {updated} updated, {unchanged} unchanged{newer}")
     click.echo(f"temp files ignored: {report.temp_files}")
     for skipped in report.skipped:
         click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
@@ -183,6 +201,10 @@ def export(db: str, directory: Path, user_id: str | None, overwrite: bool) -> No
 
     report = _run(work())
     click.echo(f"exported {report.sessions} sessions and {report.documents} documents")
+    for skipped in report.skipped:
+        click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
+    if report.skipped:
+        raise click.ClickException(f"{len(report.skipped)} files were not written (see above)")
 
 
 def _summaries_table(summaries: list[SessionSummary]) -> Table:

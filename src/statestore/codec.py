@@ -32,18 +32,20 @@ from pydantic_core import PydanticSerializationError
 
 from statestore.errors import InvalidDataError
 from statestore.models import (
+    FILE_CONTEXT,
     OMITTABLE_FIELDS,
     AgentResponse,
     History,
+    RowLog,
     Session,
     SessionSummary,
     SessionTail,
     StoredState,
     UserMessage,
     build,
-    edit_count,
+    to_storable_utc,
 )
-from statestore.names import check_name
+from statestore.names import check_writable_name
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -54,6 +56,7 @@ __all__ = [
     "TimeCodec",
     "check_json",
     "check_text",
+    "check_timestamp",
     "dump_json_document",
     "message_rows",
     "project_id_of",
@@ -135,11 +138,20 @@ def check_json(field: str, value: object, depth: int = 0) -> None:
         raise InvalidDataError(field, f"{type(value).__name__} is not JSON-able")
 
 
-def _check_timestamp(field: str, value: object) -> None:
+def check_timestamp(field: str, value: object) -> None:
+    """Raise :class:`InvalidDataError` unless ``value`` is an aware datetime in the range.
+
+    The range (``statestore.models.MIN_TIMESTAMP`` .. ``MAX_TIMESTAMP``) is the same on
+    every backend, so whatever is accepted can be read back.
+    """
     if not isinstance(value, datetime):
         raise InvalidDataError(field, f"must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidDataError(field, "is a naive datetime; give it a time zone (UTC)")
+    try:
+        to_storable_utc(value)
+    except ValueError as exc:
+        raise InvalidDataError(field, str(exc)) from None
 
 
 class TimeCodec:
@@ -228,7 +240,7 @@ def session_from_document(name: str, data: object) -> Session:
         data = _model_as_json("data", data)
     if not isinstance(data, dict):
         raise InvalidDataError("data", "a session document must be a JSON object")
-    return _named(name, Session.model_validate(data))
+    return _named(name, Session.model_validate(data, context=FILE_CONTEXT))
 
 
 def session_from_json(name: str, text: str) -> Session:
@@ -240,7 +252,7 @@ def session_from_json(name: str, text: str) -> Session:
             valid session.
     """
     try:
-        session = Session.model_validate_json(text)
+        session = Session.model_validate_json(text, context=FILE_CONTEXT)
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "model_type":
             raise InvalidDataError("data", "a session document must be a JSON object") from None
@@ -267,12 +279,12 @@ def session_row(session: Session, time: TimeCodec, state_token: int) -> dict[str
     """Check a session's own fields and return its ``sessions`` row."""
     if not isinstance(session, Session):
         raise InvalidDataError("session", f"must be a Session, not {type(session).__name__}")
-    check_name(session.id, kind="session id")
+    check_writable_name(session.id, kind="session id")
     check_text("user_id", session.user_id)
     check_text("active_seed_id", session.active_seed_id, optional=True)
     check_text("active_persona_id", session.active_persona_id, optional=True)
-    _check_timestamp("created_at", session.created_at)
-    _check_timestamp("updated_at", session.updated_at)
+    check_timestamp("created_at", session.created_at)
+    check_timestamp("updated_at", session.updated_at)
     if not isinstance(session.metadata, dict):
         raise InvalidDataError("metadata", "must be a dict")
     check_json("metadata", session.metadata)
@@ -312,7 +324,7 @@ def message_rows(
         if not isinstance(message, UserMessage):
             raise InvalidDataError(field, f"must be a UserMessage, not {type(message).__name__}")
         check_text(f"{field}.content", message.content)
-        _check_timestamp(f"{field}.timestamp", message.timestamp)
+        check_timestamp(f"{field}.timestamp", message.timestamp)
         rows.append(
             {
                 "session_id": session_id,
@@ -344,7 +356,7 @@ def response_rows(
             response.evaluation_passed, bool
         ):
             raise InvalidDataError(f"{field}.evaluation_passed", "must be a bool or None")
-        _check_timestamp(f"{field}.timestamp", response.timestamp)
+        check_timestamp(f"{field}.timestamp", response.timestamp)
         rows.append(
             {
                 "session_id": session_id,
@@ -359,6 +371,45 @@ def response_rows(
             }
         )
     return rows
+
+
+def _as_json_text(value: Any) -> str | None:
+    """A JSON column as read back (text, or decoded by the driver), as text to bind."""
+    return value if value is None or isinstance(value, str) else _encode_json(value)
+
+
+def _stored_message_params(session_id: str) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """Turn ``sql.SELECT_MESSAGES`` rows back into ``sql.UPSERT_MESSAGE`` parameters."""
+
+    def params(row: Sequence[Any]) -> dict[str, Any]:
+        return {
+            "session_id": session_id,
+            "position": row[0],
+            "content": row[1],
+            "created_at": row[2],
+            "extra": _as_json_text(row[3]),
+        }
+
+    return params
+
+
+def _stored_response_params(session_id: str) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """Turn ``sql.SELECT_RESPONSES`` rows back into ``sql.UPSERT_RESPONSE`` parameters."""
+
+    def params(row: Sequence[Any]) -> dict[str, Any]:
+        return {
+            "session_id": session_id,
+            "position": row[0],
+            "content": row[1],
+            "reported_session_id": row[2],
+            "seed_id": row[3],
+            "phase_reached": row[4],
+            "evaluation_passed": None if row[5] is None else bool(row[5]),
+            "created_at": row[6],
+            "extra": _as_json_text(row[7]),
+        }
+
+    return params
 
 
 def _messages(rows: Iterable[Sequence[Any]], read: Callable[[Any], datetime]) -> list[UserMessage]:
@@ -397,14 +448,14 @@ def _responses(
 
 def session_from_rows(
     row: Sequence[Any],
-    message_rows: Iterable[Sequence[Any]],
-    response_rows: Iterable[Sequence[Any]],
+    message_rows: Sequence[Sequence[Any]],
+    response_rows: Sequence[Sequence[Any]],
     time: TimeCodec,
 ) -> Session:
     """Build a :class:`Session` from its row (``sql.LOAD_SESSION``) and its child rows.
 
-    The session remembers the state it was loaded as, so saving it after appending writes
-    only the appended rows.
+    The session remembers the state it was loaded as, rows included, so saving it after
+    appending writes only the appended rows.
     """
     # Row: id, user_id, active_seed_id, active_persona_id, message_count, response_count,
     # created_at, updated_at, metadata, extra, state_token, unset_fields.
@@ -425,7 +476,12 @@ def session_from_rows(
         {"_stored": None},
         _load_json(row[11]) if row[11] is not None else (),
     )
-    session._stored = StoredState.of(row[10], session, edit_count())
+    session._stored = StoredState.of(
+        row[10],
+        session,
+        RowLog.extend(None, message_rows, _stored_message_params(row[0])),
+        RowLog.extend(None, response_rows, _stored_response_params(row[0])),
+    )
     return session
 
 

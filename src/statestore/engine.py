@@ -49,40 +49,80 @@ WRITE_OPTION = "statestore_write"
 MIGRATE_OPTION = "statestore_migrate"
 """Execution option for a migrating connection: foreign keys off, then ``BEGIN IMMEDIATE``."""
 
-_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+"""The one driver statestore runs on for each backend it supports."""
+
+_EXTRAS = {"aiosqlite": "statestore", "asyncpg": "statestore[postgresql]"}
+"""What to install for each driver."""
 
 
 def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
     """Return the SQLAlchemy URL that ``target`` names.
 
     A string with ``://`` is a URL; anything else is a filesystem path to a SQLite file,
-    used as the path itself (a ``?`` or ``#`` in it is part of the file name). A URL with a
-    synchronous driver name (``sqlite://``, ``postgresql://``) gets the async driver.
+    used as the path itself (a ``?`` or ``#`` in it is part of the file name). A URL with no
+    driver (``sqlite://``, ``postgresql://``) gets the async driver statestore runs on.
+
+    Raises:
+        InvalidDataError: ``target`` is not a URL or path statestore can open: a malformed
+            URL (a port that is not a number, say), a database other than SQLite and
+            PostgreSQL, or a driver other than aiosqlite and asyncpg.
     """
     if isinstance(target, URL):
         url = target
     elif isinstance(target, str) and "://" in target:
         try:
             url = make_url(target)
-        except exc.ArgumentError as error:
-            raise InvalidDataError("target", f"{target!r} is not a database URL") from error
-    else:
+        except (exc.ArgumentError, ValueError) as error:
+            raise InvalidDataError(
+                "target", f"{target!r} is not a database URL ({error})"
+            ) from error
+    elif isinstance(target, str | os.PathLike):
         path = os.fspath(target)
         if not path:
             raise InvalidDataError("target", "the database path is empty")
         url = URL.create("sqlite+aiosqlite", database=path)
-    drivername = _ASYNC_DRIVERS.get(url.drivername, url.drivername)
-    return url.set(drivername=drivername)
+    else:
+        raise InvalidDataError(
+            "target", f"must be a path or a database URL, not {type(target).__name__}"
+        )
+    backend = url.get_backend_name()
+    driver = _ASYNC_DRIVERS.get(backend)
+    if driver is None:
+        raise InvalidDataError(
+            "target",
+            f"statestore runs on SQLite (a file path) and PostgreSQL "
+            f"(postgresql+asyncpg://...), not {url.drivername}://",
+        )
+    if "+" in url.drivername and url.get_driver_name() != driver:
+        raise InvalidDataError(
+            "target",
+            f"statestore runs {backend} through {driver}: use {backend}+{driver}://, "
+            f"not {url.drivername}://",
+        )
+    return url.set(drivername=f"{backend}+{driver}")
 
 
 def create_engine(
     url: URL, *, synchronous: Synchronous = "FULL", busy_timeout_ms: int = 30_000
 ) -> AsyncEngine:
     """Create an engine for ``url`` and prepare it with :func:`prepare_engine`."""
-    connect_args: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
-        connect_args["isolation_level"] = None
-    engine = create_async_engine(url, connect_args=connect_args)
+        options["connect_args"] = {"isolation_level": None}
+    else:
+        # A server restart leaves every pooled connection dead: test each before use, so
+        # the store recovers by itself once the server is back.
+        options["pool_pre_ping"] = True
+    try:
+        engine = create_async_engine(url, **options)
+    except ImportError as error:
+        driver = url.get_driver_name()
+        raise InvalidDataError(
+            "target",
+            f"{url.drivername}:// needs the {driver} driver, which is not installed: "
+            f"pip install '{_EXTRAS.get(driver, driver)}'",
+        ) from error
     prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
     return engine
 
@@ -95,10 +135,10 @@ def prepare_engine(
     Connections the engine opened before this call are not prepared; wrap an engine before
     using it, or dispose of its pool first.
     """
-    if engine.dialect.name != "sqlite":
-        return
     if synchronous not in ("FULL", "NORMAL"):
         raise InvalidDataError("synchronous", f"must be 'FULL' or 'NORMAL', not {synchronous!r}")
+    if engine.dialect.name != "sqlite":
+        return
     sync_engine = engine.sync_engine
     if event.contains(sync_engine, "begin", _begin_sqlite_transaction):
         return

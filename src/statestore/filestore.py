@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,17 +95,20 @@ class DocumentFile:
 class ImportReport:
     """What :meth:`~statestore.StateStore.import_directory` did.
 
-    ``*_added`` were new, ``*_updated`` replaced a different stored version, and
+    ``*_added`` were new, ``*_updated`` replaced a different stored version,
     ``*_unchanged`` were already stored exactly so (a second import of one directory
-    reports everything unchanged).
+    reports everything unchanged), and ``*_kept`` were stored with a later ``updated_at``
+    than the file's (saved since the file was written) and left as they were.
     """
 
     sessions_added: int = 0
     sessions_updated: int = 0
     sessions_unchanged: int = 0
+    sessions_kept: int = 0
     documents_added: int = 0
     documents_updated: int = 0
     documents_unchanged: int = 0
+    documents_kept: int = 0
     temp_files: int = 0
     """Leftover ``*.tmp`` files, ignored."""
     skipped: list[SkippedFile] = field(default_factory=list)
@@ -122,6 +126,14 @@ class ExportReport:
 
     sessions: int = 0
     documents: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    """Files that could not be written (the reason is the system's), in the order met;
+    every other file was written."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every session and document was written."""
+        return not self.skipped
 
 
 def find_files(root: Path) -> tuple[list[str], int]:
@@ -215,15 +227,26 @@ def document_path(category: str, name: str, kind: str) -> str:
 
 
 def write_file(root: Path, path: str, text: str, modified_at: datetime | None = None) -> None:
-    """Write one file the way the file store did: a temp file renamed over the old one."""
+    """Write one file the way the file store did: a temp file renamed over the old one.
+
+    The temp file's name is short and unique (any file name fits beside it), and it is
+    removed if the write fails.
+
+    Raises:
+        OSError: The file could not be written; nothing is left of the attempt.
+    """
     target = root / path
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f"{target.name}.{os.getpid()}{TEMP_SUFFIX}")
-    temporary.write_text(text, encoding="utf-8")
-    if modified_at is not None:
-        stamp = modified_at.timestamp()
-        os.utime(temporary, (stamp, stamp))
-    os.replace(temporary, target)
+    temporary = target.with_name(f".{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        if modified_at is not None:
+            stamp = modified_at.timestamp()
+            os.utime(temporary, (stamp, stamp))
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 IMPORT_BATCH = 200
@@ -271,12 +294,16 @@ def _import_batch(
     tx: Tx,
     sessions: list[tuple[queries.SaveJob, Session]],
     documents: list[dict[str, Any]],
-) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    return queries.import_sessions(tx, sessions), queries.import_documents(tx, documents)
+    replace_newer: bool,
+) -> tuple[queries.ImportCounts, queries.ImportCounts]:
+    return (
+        queries.import_sessions(tx, sessions, replace_newer=replace_newer),
+        queries.import_documents(tx, documents, replace_newer=replace_newer),
+    )
 
 
 async def import_directory(
-    store: StateStore, root: Path, progress: Progress | None = None
+    store: StateStore, root: Path, progress: Progress | None = None, *, replace_newer: bool = False
 ) -> ImportReport:
     """Import a file store's directory; see :meth:`StateStore.import_directory`."""
     store._check_writable("import_directory")
@@ -288,35 +315,78 @@ async def import_directory(
             _read_batch, store, root, batch, report.skipped
         )
         session_counts, document_counts = await store._write(
-            "import_directory", partial(_import_batch, sessions=sessions, documents=documents)
+            "import_directory",
+            partial(
+                _import_batch,
+                sessions=sessions,
+                documents=documents,
+                replace_newer=replace_newer,
+            ),
         )
-        report.sessions_added += session_counts[0]
-        report.sessions_updated += session_counts[1]
-        report.sessions_unchanged += session_counts[2]
-        report.documents_added += document_counts[0]
-        report.documents_updated += document_counts[1]
-        report.documents_unchanged += document_counts[2]
+        report.sessions_added += session_counts.added
+        report.sessions_updated += session_counts.updated
+        report.sessions_unchanged += session_counts.unchanged
+        report.sessions_kept += session_counts.kept
+        report.documents_added += document_counts.added
+        report.documents_updated += document_counts.updated
+        report.documents_unchanged += document_counts.unchanged
+        report.documents_kept += document_counts.kept
         if progress is not None:
             progress(start + len(batch), len(paths))
     return report
 
 
-def _write_sessions(root: Path, sessions: list[Session]) -> None:
-    for session in sessions:
-        path = f"{SESSIONS_CATEGORY}/{session.id}.json"
-        write_file(root, path, session_file_text(session), session.updated_at)
+def _write_or_skip(
+    root: Path, path: str, text: str, modified_at: datetime, skipped: list[SkippedFile]
+) -> bool:
+    """Write one exported file; a file the system refuses is recorded, not raised."""
+    try:
+        write_file(root, path, text, modified_at)
+    except OSError as exc:
+        skipped.append(SkippedFile(path, f"cannot be written: {exc.strerror or exc}"))
+        return False
+    return True
 
 
-def _write_documents(root: Path, category: str, rows: list[tuple[str, str, str, datetime]]) -> None:
-    for name, kind, content, updated_at in rows:
-        text = json_document_text(content) if kind == "json" else content
-        write_file(root, document_path(category, name, kind), text, updated_at)
+def _write_sessions(root: Path, sessions: list[Session], skipped: list[SkippedFile]) -> int:
+    return sum(
+        _write_or_skip(
+            root,
+            f"{SESSIONS_CATEGORY}/{session.id}.json",
+            session_file_text(session),
+            session.updated_at,
+            skipped,
+        )
+        for session in sessions
+    )
+
+
+def _write_documents(
+    root: Path,
+    category: str,
+    rows: list[tuple[str, str, str, datetime]],
+    skipped: list[SkippedFile],
+) -> int:
+    return sum(
+        _write_or_skip(
+            root,
+            document_path(category, name, kind),
+            json_document_text(content) if kind == "json" else content,
+            updated_at,
+            skipped,
+        )
+        for name, kind, content, updated_at in rows
+    )
 
 
 def _check_export_target(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise InvalidDataError("directory", f"{str(root)!r} is not a directory")
-    if not overwrite and root.is_dir() and any(root.iterdir()):
+    try:
+        occupied = root.is_dir() and any(root.iterdir())
+    except OSError as exc:
+        raise InvalidDataError("directory", f"{str(root)!r} cannot be read: {exc}") from exc
+    if not overwrite and occupied:
         raise InvalidDataError(
             "directory",
             f"{str(root)!r} is not empty; export into an empty directory, "
@@ -346,16 +416,16 @@ async def export_directory(
             for session_id in session_ids[start : start + EXPORT_BATCH]
         ]
         sessions = [session for session in loaded if session is not None]  # deleted meanwhile
-        await asyncio.to_thread(_write_sessions, root, sessions)
-        report.sessions += len(sessions)
+        report.sessions += await asyncio.to_thread(_write_sessions, root, sessions, report.skipped)
         if progress is not None:
             progress(start + len(loaded), total)
     for done, category in enumerate(categories, start=1):
         rows = await store._read(
             "export_directory", partial(queries.documents_in, category=category)
         )
-        await asyncio.to_thread(_write_documents, root, category, rows)
-        report.documents += len(rows)
+        report.documents += await asyncio.to_thread(
+            _write_documents, root, category, rows, report.skipped
+        )
         if progress is not None:
             progress(len(session_ids) + done, total)
     return report

@@ -12,7 +12,8 @@ an aware one in another zone is converted to UTC.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Self, SupportsIndex, TypeVar
@@ -26,15 +27,22 @@ from pydantic import (
     PlainSerializer,
     PrivateAttr,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
 )
 
+from statestore.errors import InvalidDataError
+
 __all__ = [
+    "FILE_CONTEXT",
+    "MAX_TIMESTAMP",
+    "MIN_TIMESTAMP",
     "OMITTABLE_FIELDS",
     "AgentResponse",
     "History",
+    "RowLog",
     "Session",
     "SessionSummary",
     "SessionTail",
@@ -43,7 +51,40 @@ __all__ = [
     "build",
     "edit_count",
     "format_timestamp",
+    "to_storable_utc",
 ]
+
+MIN_TIMESTAMP = datetime(1, 1, 2, tzinfo=UTC)
+"""The earliest instant statestore stores (one day after ``datetime.min``).
+
+``datetime.min`` and ``datetime.max`` themselves become -infinity and infinity on
+PostgreSQL, and an instant within a day of either cannot be shown in every time zone; so
+one range holds on every backend, and whatever is accepted can always be read back.
+"""
+
+MAX_TIMESTAMP = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+"""The latest instant statestore stores (one day before ``datetime.max``)."""
+
+
+def to_storable_utc(moment: datetime) -> datetime:
+    """Return an aware datetime in UTC, if it lies within the range statestore stores.
+
+    Raises:
+        ValueError: ``moment`` is naive, or its UTC value lies outside
+            :data:`MIN_TIMESTAMP` .. :data:`MAX_TIMESTAMP`.
+    """
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment.isoformat()} has no time zone; use UTC")
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not MIN_TIMESTAMP <= utc <= MAX_TIMESTAMP:
+        raise ValueError(
+            f"{moment.isoformat()} is outside the range statestore stores "
+            "(0001-01-02 to 9999-12-30 UTC)"
+        )
+    return utc
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -67,20 +108,16 @@ def format_timestamp(moment: datetime) -> str:
     return text + "Z"
 
 
-def _to_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 UTCTimestamp = Annotated[
     AwareDatetime,
-    AfterValidator(_to_utc),
+    AfterValidator(to_storable_utc),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
 ]
-"""An aware datetime kept in UTC and written as RFC 3339 with ``Z``."""
+"""An aware datetime kept in UTC, within the stored range, written as RFC 3339 with ``Z``."""
 
 
 _edits = 0
@@ -182,57 +219,112 @@ class History(list[Any]):
 
 
 @dataclass(frozen=True, slots=True)
-class StoredState:
-    """What a session object was last loaded as or saved as, for delta saves.
+class RowLog:
+    """The rows of a stored list, in order, as a chain that never changes once made.
+
+    A save that appends links its new rows to the log it extends, so a session's record of
+    what is stored grows in constant time and shares everything before. Rows are what the
+    database was given or gave back, so the log is the stored state itself, however the
+    live objects change afterwards.
 
     Attributes:
-        token: The ``state_token`` the stored row had then.
+        before: The rows before these (``None`` at the start).
+        rows: These rows, in order.
+        count: How many rows the whole chain holds.
+        convert: Turns one of ``rows`` into statement parameters (rows read back from the
+            database are converted only if a save ever needs them); ``None`` when the rows
+            already are parameters.
+    """
+
+    before: RowLog | None
+    rows: Sequence[Any]
+    count: int
+    convert: Any = None
+
+    @classmethod
+    def extend(cls, before: RowLog | None, rows: Sequence[Any], convert: Any = None) -> RowLog:
+        """Return the log of ``before``'s rows followed by ``rows``."""
+        return cls(before, rows, (before.count if before else 0) + len(rows), convert)
+
+    def params(self) -> list[Any]:
+        """Return every row of the chain, in order, as statement parameters."""
+        chunks: list[RowLog] = []
+        log: RowLog | None = self
+        while log is not None:
+            chunks.append(log)
+            log = log.before
+        params: list[Any] = []
+        for chunk in reversed(chunks):
+            if chunk.convert is None:
+                params.extend(chunk.rows)
+            else:
+                params.extend(chunk.convert(row) for row in chunk.rows)
+        return params
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What one session object was last loaded as, or will be stored as by its last save.
+
+    A save may take the append-only path only while this record can show that the stored
+    prefix is untouched: it belongs to this very object (a copy or an unpickled session
+    has none, or one whose owner is another object), the lists are the ones recorded, no
+    list was rewritten, and no message field was assigned anywhere in this process since.
+
+    Attributes:
+        token: The ``state_token`` of the stored row.
+        owner: The session object this record describes.
         user_messages: The session's message list object then.
-        message_count: How many messages were stored.
         message_rewrites: ``user_messages.rewrites`` then.
         agent_responses: The session's response list object then.
-        response_count: How many responses were stored.
         response_rewrites: ``agent_responses.rewrites`` then.
         edits: :func:`edit_count` then; if it has moved, a message may have been edited.
+        message_rows: The stored messages' rows.
+        response_rows: The stored responses' rows.
     """
 
     token: int
+    owner: weakref.ref[Session]
     user_messages: History
-    message_count: int
     message_rewrites: int
     agent_responses: History
-    response_count: int
     response_rewrites: int
     edits: int
+    message_rows: RowLog
+    response_rows: RowLog
 
     @classmethod
-    def of(cls, token: int, session: Session, edits: int) -> StoredState | None:
-        """Record ``session``'s lists as stored with ``token``; None if they are not tracked."""
+    def of(
+        cls, token: int, session: Session, message_rows: RowLog, response_rows: RowLog
+    ) -> StoredState | None:
+        """Record ``session`` as stored with ``token`` and these rows; None if untracked."""
         messages, responses = session.user_messages, session.agent_responses
         if not (isinstance(messages, History) and isinstance(responses, History)):
             return None
         return cls(
             token,
+            weakref.ref(session),
             messages,
-            len(messages),
             messages.rewrites,
             responses,
-            len(responses),
             responses.rewrites,
-            edits,
+            _edits,
+            message_rows,
+            response_rows,
         )
 
     def appended_only(self, session: Session) -> bool:
-        """Return whether ``session`` differs from this state only by appended items."""
+        """Return whether ``session`` is this record's object, changed only by appends."""
         messages, responses = session.user_messages, session.agent_responses
         return (
-            self.edits == _edits
+            self.owner() is session
+            and self.edits == _edits
             and messages is self.user_messages
             and responses is self.agent_responses
             and messages.rewrites == self.message_rewrites
             and responses.rewrites == self.response_rewrites
-            and len(messages) >= self.message_count
-            and len(responses) >= self.response_count
+            and len(messages) >= self.message_rows.count
+            and len(responses) >= self.response_rows.count
         )
 
 
@@ -240,6 +332,10 @@ _HISTORY_FIELDS = frozenset({"user_messages", "agent_responses"})
 
 OMITTABLE_FIELDS = ("user_messages", "agent_responses", "metadata")
 """Session fields an older file store left out when empty; see ``Session`` serialization."""
+
+FILE_CONTEXT = {"statestore_file": True}
+"""Validation context for a session read from a file store's JSON: the omittable fields
+it left out stay left out when it is written back."""
 
 
 class Session(BaseModel):
@@ -279,6 +375,18 @@ class Session(BaseModel):
             data["updated_at"] = data["created_at"]
         return data
 
+    @model_validator(mode="after")
+    def _new_sessions_write_every_field(self, info: ValidationInfo) -> Self:
+        """Mark the omittable fields as set, unless the session comes from a file's JSON.
+
+        The file store wrote ``user_messages``, ``agent_responses`` and ``metadata`` for
+        every session it created; only a file an older version wrote without them (read
+        with :data:`FILE_CONTEXT`) keeps leaving them out.
+        """
+        if not (info.context and info.context.get("statestore_file")):
+            self.__pydantic_fields_set__.update(OMITTABLE_FIELDS)
+        return self
+
     @model_serializer(mode="wrap")
     def _omit_as_the_file_store_did(self, handler: SerializerFunctionWrapHandler) -> Any:
         """Leave out unset active ids, and the empty fields the session was given without.
@@ -300,8 +408,19 @@ class Session(BaseModel):
     def __setattr__(self, name: str, value: Any) -> None:
         # A list assigned to a history is held as a History copy, as validation would.
         if name in _HISTORY_FIELDS and not isinstance(value, History):
+            if not isinstance(value, list | tuple):
+                raise InvalidDataError(name, f"must be a list, not {type(value).__name__}")
             value = History(value)
         super().__setattr__(name, value)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # What a session remembers about its stored state is true of this object in this
+        # process only: a pickled session arrives without it, and saves whole.
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__")
+        if private:
+            state["__pydantic_private__"] = {**private, "_stored": None}
+        return state
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Session):

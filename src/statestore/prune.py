@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from statestore.models import MIN_TIMESTAMP
+
 __all__ = ["PruneConfig", "PruneThrottle"]
 
 
@@ -28,7 +30,10 @@ class PruneConfig(BaseModel):
         """Return the instant before which a session is past the TTL (``None``: TTL off)."""
         if not self.ttl_hours:
             return None
-        return datetime.now(UTC) - timedelta(hours=self.ttl_hours)
+        try:
+            return max(datetime.now(UTC) - timedelta(hours=self.ttl_hours), MIN_TIMESTAMP)
+        except OverflowError:  # a TTL longer than the calendar: nothing is that old
+            return MIN_TIMESTAMP
 
 
 class PruneThrottle:

@@ -6,15 +6,17 @@ Each function takes a :class:`~statestore.tx.Tx` and runs statements from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from statestore import codec, sql
-from statestore.models import AgentResponse, Session, SessionSummary, SessionTail, UserMessage
+from statestore.models import RowLog, Session, SessionSummary, SessionTail
 from statestore.tx import Tx
 
 __all__ = [
+    "ImportCounts",
     "SaveJob",
     "delete_document",
     "delete_excess_sessions",
@@ -41,29 +43,48 @@ _LOOKUP_CHUNK = 500
 """Session ids per token lookup (PostgreSQL takes at most 32,767 parameters)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class SaveJob:
-    """A checked save, ready to run in a transaction.
+    """A checked save, ready to run in a transaction: the session's state at the call.
+
+    Everything a save may write is captured as rows when it is called, so the state it
+    stores is the state the caller asked for, however the session object changes while
+    the save waits.
 
     Attributes:
         session_id: The session saved.
         session_row: Its ``sessions`` row, with the new ``state_token``.
-        expected_token: The token the stored row must have for a delta save, or ``None``
-            to rewrite the session whole.
-        message_rows: The rows to write: the appended ones for a delta save, else all.
+        expected_token: The token the stored row must have for the append-only path, or
+            ``None`` to rewrite the session whole.
+        message_rows: Every message row of the saved state (a delta save writes only the
+            part after the stored prefix).
         response_rows: Likewise for responses.
-        user_messages: The session's message list, for a whole rewrite after a failed delta
-            check: its first ``session_row["message_count"]`` items are what is saved.
-        agent_responses: Likewise for responses.
+        message_start: How many messages the stored state had (0 for a whole rewrite).
+        response_start: Likewise for responses.
     """
 
     session_id: str
     session_row: dict[str, Any]
     expected_token: int | None
-    message_rows: list[dict[str, Any]]
-    response_rows: list[dict[str, Any]]
-    user_messages: list[UserMessage]
-    agent_responses: list[AgentResponse]
+    message_rows: RowLog
+    response_rows: RowLog
+    message_start: int
+    response_start: int
+
+    def appended_messages(self) -> Sequence[dict[str, Any]]:
+        """The message rows after the stored prefix."""
+        return _after(self.message_rows, self.message_start)
+
+    def appended_responses(self) -> Sequence[dict[str, Any]]:
+        """The response rows after the stored prefix."""
+        return _after(self.response_rows, self.response_start)
+
+
+def _after(log: RowLog, start: int) -> Sequence[dict[str, Any]]:
+    """The rows of ``log`` after its first ``start``: its newest link, or all of it."""
+    if log.before is not None and log.before.count == start and log.convert is None:
+        return log.rows
+    return log.params()[start:]
 
 
 def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
@@ -78,8 +99,8 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
     whole: list[SaveJob] = []
     for job in items:
         if job.expected_token is not None and stored.get(job.session_id) == job.expected_token:
-            appended_messages.extend(job.message_rows)
-            appended_responses.extend(job.response_rows)
+            appended_messages.extend(job.appended_messages())
+            appended_responses.extend(job.appended_responses())
         else:
             whole.append(job)
     tx.run_many(sql.UPSERT_SESSION, [job.session_row for job in items])
@@ -110,26 +131,52 @@ def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
     return stored
 
 
-def import_sessions(tx: Tx, items: list[tuple[SaveJob, Session]]) -> tuple[int, int, int]:
-    """Store imported sessions whole, leaving alone those already stored exactly so.
+@dataclass(frozen=True)
+class ImportCounts:
+    """What one import batch did with its sessions or documents.
 
-    Each job must rewrite its session whole (``expected_token`` is ``None``).
+    Attributes:
+        added: New ones.
+        updated: Stored ones the file replaced.
+        unchanged: Stored exactly as in the file.
+        kept: Stored ones newer than the file (by ``updated_at``), left as they were.
+    """
 
-    Returns:
-        How many sessions were added, updated and found unchanged.
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    kept: int = 0
+
+
+def import_sessions(
+    tx: Tx, items: list[tuple[SaveJob, Session]], *, replace_newer: bool
+) -> ImportCounts:
+    """Store imported sessions whole, leaving alone those stored exactly so, or newer.
+
+    Each job must rewrite its session whole (``expected_token`` is ``None``). A stored
+    session whose ``updated_at`` is later than the file's was saved since the file was
+    written: it is kept unless ``replace_newer``.
     """
     stored = _stored_tokens(tx, [job.session_id for job, _ in items])
     added = [job for job, _ in items if job.session_id not in stored]
-    changed = [
-        job
-        for job, session in items
-        if job.session_id in stored and load_session(tx, job.session_id) != session
-    ]
+    changed: list[SaveJob] = []
+    kept = 0
+    for job, session in items:
+        if job.session_id not in stored:
+            continue
+        current = load_session(tx, job.session_id)
+        if current == session:
+            continue
+        if current is not None and current.updated_at > session.updated_at and not replace_newer:
+            kept += 1
+        else:
+            changed.append(job)
     tx.run_many(sql.UPSERT_SESSION, [job.session_row for job in added])
-    tx.run_many(sql.INSERT_MESSAGE, [row for job in added for row in job.message_rows])
-    tx.run_many(sql.INSERT_RESPONSE, [row for job in added for row in job.response_rows])
+    tx.run_many(sql.INSERT_MESSAGE, [row for job in added for row in job.message_rows.params()])
+    tx.run_many(sql.INSERT_RESPONSE, [row for job in added for row in job.response_rows.params()])
     save_sessions(tx, changed)
-    return len(added), len(changed), len(items) - len(added) - len(changed)
+    unchanged = len(items) - len(added) - len(changed) - kept
+    return ImportCounts(len(added), len(changed), unchanged, kept)
 
 
 def delete_user_sessions(tx: Tx, user_id: str) -> int:
@@ -139,12 +186,7 @@ def delete_user_sessions(tx: Tx, user_id: str) -> int:
 
 def _rewrite_children(tx: Tx, job: SaveJob) -> None:
     session_id = job.session_id
-    message_rows, response_rows = job.message_rows, job.response_rows
-    if job.expected_token is not None:  # the rows hold only the appended part: build all
-        saved_messages = job.user_messages[: job.session_row["message_count"]]
-        saved_responses = job.agent_responses[: job.session_row["response_count"]]
-        message_rows = codec.message_rows(session_id, saved_messages, tx.time)
-        response_rows = codec.response_rows(session_id, saved_responses, tx.time)
+    message_rows, response_rows = job.message_rows.params(), job.response_rows.params()
     tx.run(sql.DELETE_MESSAGES_FROM, {"session_id": session_id, "position": len(message_rows)})
     tx.run(sql.DELETE_RESPONSES_FROM, {"session_id": session_id, "position": len(response_rows)})
     tx.run_many(sql.UPSERT_MESSAGE, message_rows)
@@ -229,12 +271,21 @@ def delete_stale_sessions(tx: Tx, cutoff: datetime, batch: int) -> int:
 
 
 def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:
-    """Delete up to ``batch`` of the least recently updated sessions beyond ``max_sessions``."""
+    """Delete up to ``batch`` of the least recently updated sessions beyond ``max_sessions``.
+
+    The delete names the newest session it may take (the last of the oldest ``batch``), so
+    a session that a concurrent save makes newer than that is kept: a prune never deletes
+    a session newer than one it keeps.
+    """
     [(count,)] = tx.rows(sql.COUNT_SESSIONS)
     excess = count - max_sessions
     if excess <= 0:
         return 0
-    return tx.run(sql.DELETE_OLDEST_SESSIONS, {"batch": min(excess, batch)})
+    bound = tx.rows(sql.OLDEST_SESSIONS_BOUND, {"offset": min(excess, batch) - 1})
+    if not bound:
+        return 0
+    [(updated_at, session_id)] = bound
+    return tx.run(sql.DELETE_SESSIONS_UP_TO, {"updated_at": updated_at, "id": session_id})
 
 
 def save_document(tx: Tx, category: str, name: str, kind: str, content: str, now: datetime) -> None:
@@ -251,25 +302,31 @@ def save_document(tx: Tx, category: str, name: str, kind: str, content: str, now
     )
 
 
-def import_documents(tx: Tx, rows: list[dict[str, Any]]) -> tuple[int, int, int]:
-    """Store imported documents, leaving alone those already stored with that content.
+def import_documents(tx: Tx, rows: list[dict[str, Any]], *, replace_newer: bool) -> ImportCounts:
+    """Store imported documents, leaving alone those stored with that content, or newer.
 
-    Each row holds ``category``, ``name``, ``kind``, ``content`` and ``now`` (storage form).
-
-    Returns:
-        How many documents were added, updated and found unchanged.
+    Each row holds ``category``, ``name``, ``kind``, ``content`` and ``now`` (the file's
+    modification time, in storage form). A stored document updated after the file was
+    written is kept unless ``replace_newer``.
     """
-    added = updated = 0
+    added = updated = kept = 0
     for row in rows:
-        stored = load_document(tx, row["category"], row["name"], row["kind"])
-        if stored == row["content"]:
-            continue
-        tx.run(sql.UPSERT_DOCUMENT, row)
-        if stored is None:
+        found = tx.rows(
+            sql.LOAD_DOCUMENT_STAMPED,
+            {"category": row["category"], "name": row["name"], "kind": row["kind"]},
+        )
+        if not found:
             added += 1
         else:
+            [(content, updated_at)] = found
+            if content == row["content"]:
+                continue
+            if updated_at > row["now"] and not replace_newer:
+                kept += 1
+                continue
             updated += 1
-    return added, updated, len(rows) - added - updated
+        tx.run(sql.UPSERT_DOCUMENT, row)
+    return ImportCounts(added, updated, len(rows) - added - updated - kept, kept)
 
 
 def list_categories(tx: Tx) -> list[str]:

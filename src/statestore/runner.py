@@ -5,16 +5,21 @@ takes the next job from a queue; if it is a save, it also takes the saves queued
 (up to :data:`MAX_BATCH`, one per session) and commits them in one ``BEGIN IMMEDIATE``
 transaction -- one fsync for all of them at ``synchronous=FULL``. Each caller's future is
 resolved only after that commit. Saves in a batch share statements: one lookup of the
-stored state tokens, one ``executemany`` per table. If a batch fails, each of its saves is
-retried alone, so one bad save fails only its own caller. A caller cancelled while waiting
-does not stop its job: a transaction is never cut half-way, and the write lock is released
-by the thread.
+stored state tokens, one ``executemany`` per table. Jobs run in the order they were
+submitted. If a batch fails with an error that one save can cause (a constraint, a value
+the driver cannot bind), each of its saves is retried alone, so one bad save fails only its
+own caller; an error that no single save causes (the database busy or locked, the disk
+full, an I/O error) fails the whole batch at once. No job waits for another process's lock
+much longer than ``busy_timeout`` from when it was submitted: each transaction waits only
+as long as its oldest job has left. A caller cancelled while waiting does not stop its job:
+a transaction is never cut half-way, and the write lock is released by the thread.
 
 Reads run in a small pool of threads, each with its own connection, one whole read
 transaction per thread hop; WAL lets them proceed while the writer writes.
 
 On other backends (PostgreSQL) each transaction runs on the async engine's pool through
-SQLAlchemy's ``run_sync``; the database's own locking orders concurrent writers.
+SQLAlchemy's ``run_sync``; writes that name the same key (a session id) run one after the
+other in the order they were submitted, and the database's own locking orders the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import sql
 from statestore.engine import Synchronous, database_errors, sqlite_pragmas, write_connection
+from statestore.errors import DatabaseError
 from statestore.tx import AlchemyTx, SQLiteTx, Tx
 
 __all__ = [
@@ -68,18 +75,26 @@ BatchBody = Callable[[Tx, list[ItemT]], None]
 
 
 class Runner(Protocol):
-    """Runs transaction bodies for a store."""
+    """Runs transaction bodies for a store.
+
+    Writes are submitted, not awaited: ``submit`` queues the work at once and returns a
+    future resolved after its commit (or with its error). The work runs whatever becomes
+    of whoever awaits the future, and writes with the same ``key`` commit in the order
+    they were submitted.
+    """
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
         """Run ``body`` in a read transaction."""
 
-    async def write(self, operation: str, body: Body[ResultT]) -> ResultT:
-        """Run ``body`` in a write transaction of its own."""
+    def submit(
+        self, operation: str, body: Body[ResultT], *, key: str | None = None
+    ) -> asyncio.Future[ResultT]:
+        """Queue ``body`` to run in a write transaction of its own."""
 
-    async def write_batched(
+    def submit_batched(
         self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
-    ) -> None:
-        """Run ``batch_body`` on ``item``, possibly in one transaction with other items
+    ) -> asyncio.Future[None]:
+        """Queue ``batch_body`` on ``item``, possibly in one transaction with other items
         queued for the same ``batch_body`` -- never two with the same ``key``."""
 
     async def compact(self) -> tuple[int, int]:
@@ -100,10 +115,15 @@ def _connect_sqlite(
 
 @dataclass(eq=False)
 class _Job:
-    """Work for the writer: a ``body``, or an ``item`` for a ``batch_body``."""
+    """Work for the writer: a ``body``, or an ``item`` for a ``batch_body``.
+
+    ``deadline`` (on the monotonic clock) is when the job stops waiting for another
+    process's lock: its submission plus the busy timeout.
+    """
 
     operation: str
     loop: asyncio.AbstractEventLoop
+    deadline: float
     body: Body[Any] | None = None
     batch_body: BatchBody[Any] | None = None
     item: Any = None
@@ -112,6 +132,54 @@ class _Job:
 
     def __post_init__(self) -> None:
         self.future = self.loop.create_future()
+        self.future.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a write's outcome as seen: its caller may have been cancelled and gone."""
+    if not future.cancelled() and future.exception() is not None:
+        logger.debug("write failed: %s", future.exception())
+
+
+_BUSY_SLACK_MS = 250
+"""How far the writer's busy timeout may stray from a batch's time left before it is reset
+(setting it on every transaction would compile a statement each time)."""
+
+# SQLite's primary result codes for a lock held elsewhere.
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def _driver_error(error: BaseException) -> BaseException:
+    return error.__cause__ if isinstance(error, DatabaseError) and error.__cause__ else error
+
+
+def _is_busy(error: BaseException) -> bool:
+    """Whether the database refused because another connection holds its lock."""
+    cause = _driver_error(error)
+    return isinstance(cause, sqlite3.OperationalError) and (
+        getattr(cause, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    )
+
+
+def _one_save_could_cause(error: BaseException) -> bool:
+    """Whether one job of a batch could have caused ``error``, so the others may commit.
+
+    A constraint, a value the driver cannot bind or store, or a Python error from one
+    job's own code could be any one job's; the database busy, locked, full, read-only,
+    damaged or failing to read and write is nobody's, and retrying each job would only
+    wait again for each.
+    """
+    cause = _driver_error(error)
+    if isinstance(cause, sqlite3.Error):
+        return isinstance(
+            cause,
+            sqlite3.IntegrityError
+            | sqlite3.DataError
+            | sqlite3.ProgrammingError
+            | sqlite3.InterfaceError,
+        )
+    return isinstance(cause, Exception) and not isinstance(cause, OSError)
 
 
 _STOP = object()
@@ -133,6 +201,7 @@ class SQLiteRunner:
 
     def __init__(self, path: str, *, synchronous: Synchronous, busy_timeout_ms: int) -> None:
         self._path = path
+        self._busy_timeout = busy_timeout_ms / 1000
         self._connect: Callable[[], sqlite3.Connection] = partial(
             _connect_sqlite, path, synchronous, busy_timeout_ms
         )
@@ -183,22 +252,24 @@ class SQLiteRunner:
 
     # -- writes -------------------------------------------------------------------------
 
-    async def write(self, operation: str, body: Body[ResultT]) -> ResultT:
-        result: ResultT = await self._submit(_Job(operation, asyncio.get_running_loop(), body=body))
-        return result
+    def _job(self, operation: str, **work: Any) -> _Job:
+        deadline = time.monotonic() + self._busy_timeout
+        return _Job(operation, asyncio.get_running_loop(), deadline, **work)
 
-    async def write_batched(
-        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
-    ) -> None:
-        job = _Job(
-            operation, asyncio.get_running_loop(), batch_body=batch_body, item=item, batch_key=key
-        )
-        await self._submit(job)
-
-    async def _submit(self, job: _Job) -> Any:
+    def submit(
+        self, operation: str, body: Body[ResultT], *, key: str | None = None
+    ) -> asyncio.Future[ResultT]:
+        # One queue, one thread: every write runs in submission order, whatever its key.
+        job = self._job(operation, body=body)
         self._jobs.put(job)
-        # If the caller is cancelled, its job still runs; the outcome is dropped.
-        return await job.future
+        return job.future
+
+    def submit_batched(
+        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
+    ) -> asyncio.Future[None]:
+        job = self._job(operation, batch_body=batch_body, item=item, batch_key=key)
+        self._jobs.put(job)
+        return job.future
 
     def _write_loop(self, connection: sqlite3.Connection) -> None:
         # SQLite's automatic checkpoint runs inside a COMMIT and stalls every save of that
@@ -250,18 +321,31 @@ class SQLiteRunner:
             self._checkpointing.clear()
 
     def _commit(self, tx: SQLiteTx, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            results = self._transaction(tx, batch)
-        except BaseException as error:
-            if len(batch) == 1:
-                outcomes.append((batch[0], None, error))
+        while batch:
+            try:
+                results = self._transaction(tx, batch)
+            except BaseException as error:
+                if len(batch) > 1 and not _is_busy(error) and _one_save_could_cause(error):
+                    for job in batch:  # find the failing save: every other one commits alone
+                        self._commit(tx, [job])
+                    return
+                if not _is_busy(error):
+                    self._resolve([(job, None, error) for job in batch])
+                    return
+                # Another process holds the lock: the jobs out of time fail, the rest try
+                # again with the time they have left.
+                now = time.monotonic()
+                expired = [job for job in batch if job.deadline <= now] or batch[:1]
+                self._resolve([(job, None, error) for job in expired])
+                batch = [job for job in batch if job not in expired]
             else:
-                for job in batch:  # find the failing save: every other one commits alone
-                    self._commit(tx, [job])
+                self._resolve(
+                    [(job, result, None) for job, result in zip(batch, results, strict=True)]
+                )
                 return
-        else:
-            outcomes.extend((job, result, None) for job, result in zip(batch, results, strict=True))
+
+    @staticmethod
+    def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
@@ -272,6 +356,10 @@ class SQLiteRunner:
     def _transaction(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
         connection = tx.connection
         with database_errors(batch[0].operation):
+            left = max(0, int((min(job.deadline for job in batch) - time.monotonic()) * 1000))
+            if tx.busy_timeout_ms is None or abs(tx.busy_timeout_ms - left) > _BUSY_SLACK_MS:
+                connection.execute(f"PRAGMA busy_timeout = {left}")
+                tx.busy_timeout_ms = left
             connection.execute("BEGIN IMMEDIATE")
             try:
                 first = batch[0]
@@ -358,7 +446,7 @@ async def release_sqlite_runner(runner: SQLiteRunner) -> None:
         else:
             del _shared_runners[key]
     if users > 1:
-        await runner.write("close", _nothing)  # writes run in order: a barrier
+        await asyncio.shield(runner.submit("close", _nothing))  # writes run in order: a barrier
     else:
         await runner.close()
 
@@ -370,13 +458,15 @@ def _nothing(tx: Tx) -> None:
 class AlchemyRunner:
     """Transactions on an async SQLAlchemy engine's pool, one connection each.
 
-    A write runs in a task of its own that the caller awaits shielded, so cancelling the
-    caller never cuts a transaction half-way.
+    A write runs in a task of its own, created when it is submitted; whoever awaits it
+    awaits it shielded, so cancelling the caller never cuts a transaction half-way. Writes
+    with the same key form a lane: each starts once the one submitted before it has ended.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._writes: set[asyncio.Task[Any]] = set()
+        self._lanes: dict[str, asyncio.Task[Any]] = {}
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
         # One snapshot for the whole read: at READ COMMITTED each statement would see the
@@ -388,28 +478,39 @@ class AlchemyRunner:
                 async with snapshot.begin():
                     return await snapshot.run_sync(_with_tx(body))
 
-    async def write_batched(
+    def submit_batched(
         self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
-    ) -> None:
+    ) -> asyncio.Future[None]:
         def body(tx: Tx) -> None:
             batch_body(tx, [item])
 
-        await self.write(operation, body)
+        return self.submit(operation, body, key=key)
 
-    async def write(self, operation: str, body: Body[ResultT]) -> ResultT:
-        task = asyncio.ensure_future(self._write_unit(operation, body))
+    def submit(
+        self, operation: str, body: Body[ResultT], *, key: str | None = None
+    ) -> asyncio.Future[ResultT]:
+        before = self._lanes.get(key) if key is not None else None
+        task = asyncio.ensure_future(self._write_unit(operation, body, before))
         self._writes.add(task)
         task.add_done_callback(self._finished)
-        return await asyncio.shield(task)
+        if key is not None:
+            self._lanes[key] = task
+            task.add_done_callback(partial(self._leave_lane, key))
+        return task
+
+    def _leave_lane(self, key: str, task: asyncio.Task[Any]) -> None:
+        if self._lanes.get(key) is task:
+            del self._lanes[key]
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # Its caller may have been cancelled and gone: the error is the caller's to
-            # see, and nobody else's to log as "never retrieved".
-            logger.debug("write failed: %s", task.exception())
+        _retrieve(task)
 
-    async def _write_unit(self, operation: str, body: Body[ResultT]) -> ResultT:
+    async def _write_unit(
+        self, operation: str, body: Body[ResultT], before: asyncio.Task[Any] | None
+    ) -> ResultT:
+        if before is not None:
+            await asyncio.wait([before])  # its outcome is its own caller's
         with database_errors(operation):
             async with self._engine.connect() as connection:
                 connection = await write_connection(connection)

@@ -11,9 +11,9 @@ from functools import partial
 from typing import Any
 
 from statestore import codec, queries
-from statestore.base import StoreBase, updating_runner
+from statestore.base import StoreBase, forget_unless_stored, updating_runner
 from statestore.errors import InvalidDataError
-from statestore.models import Session, SessionSummary, SessionTail
+from statestore.models import Session, SessionSummary, SessionTail, StoredState
 from statestore.names import check_name
 from statestore.prune import PruneConfig, PruneThrottle
 from statestore.tx import Tx
@@ -28,9 +28,27 @@ PRUNE_BATCH = 1_000
 """Sessions deleted per prune transaction, so that saves interleave with a large prune."""
 
 
+MAX_COUNT = 2**63 - 1
+"""The largest ``limit`` or ``page_size`` (the databases' 64-bit integers)."""
+
+
+def _check_count(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
+        raise InvalidDataError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
+
+
 def _check_prune_config(config: object) -> None:
     if not isinstance(config, PruneConfig):
         raise InvalidDataError("config", f"must be a PruneConfig, not {config!r}")
+
+
+async def _acknowledged(done: asyncio.Future[None]) -> None:
+    """Wait, shielded, for a queued save's commit.
+
+    The save was queued when it was called: a cancelled or timed-out waiter leaves it to
+    commit or fail in its turn.
+    """
+    await asyncio.shield(done)
 
 
 class SessionStore(StoreBase):
@@ -38,27 +56,50 @@ class SessionStore(StoreBase):
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def save_session(self, session: Session) -> None:
+    def save_session(self, session: Session) -> Awaitable[None]:
         """Store ``session`` whole: loading it again returns exactly this state.
 
-        A session that was loaded (or saved) through this store and since only had
+        The state is captured when this is called, not when the result is awaited: what
+        is stored is the session as it was at the call, however it changes afterwards,
+        and saves of one session id commit in the order they were called (called from
+        another thread, for the store's loop to run, a save is queued when it starts). Await the
+        result for the acknowledgement: it returns after the commit. A save whose caller
+        is cancelled, or times out, still commits (in its turn) or fails, as a whole.
+
+        A session that was loaded (or saved) by this very object and since only had
         messages and responses appended writes just the session row and the new rows;
-        anything else -- edits, removals, a copy whose stored state changed since it was
-        loaded -- rewrites the session whole, so the last save wins, whole.
+        anything else -- edits, removals, a copy or an unpickled session, a stored state
+        changed by another save -- rewrites the session whole, so the last save wins, whole.
 
         Raises:
             InvalidNameError: The session id breaks the naming rules.
-            InvalidDataError: A field cannot be stored (the error names it); nothing is written.
+            InvalidDataError: A field cannot be stored (the error names it); nothing is
+                written. Raised by the call itself.
             DatabaseError: The database failed; nothing is written.
         """
         self._check_writable("save_session")
-        job, remember = self._save_job(session)
-        await self._runner.write_batched("save_session", queries.save_sessions, job, session.id)
-        remember()
+        job, record = self._save_job(session)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop (from a thread): queued when run
+            return self._queue_when_run(session, job, record)
+        return _acknowledged(self._queue_save(session, job, record))
 
-    async def update_session(self, session: Session) -> None:
+    def _queue_save(
+        self, session: Session, job: queries.SaveJob, record: StoredState | None
+    ) -> asyncio.Future[None]:
+        done = self._runner.submit_batched("save_session", queries.save_sessions, job, session.id)
+        done.add_done_callback(partial(forget_unless_stored, session, record))
+        return done
+
+    async def _queue_when_run(
+        self, session: Session, job: queries.SaveJob, record: StoredState | None
+    ) -> None:
+        await _acknowledged(self._queue_save(session, job, record))
+
+    def update_session(self, session: Session) -> Awaitable[None]:
         """Same as :meth:`save_session`."""
-        await self.save_session(session)
+        return self.save_session(session)
 
     async def load_session(self, session_id: str) -> Session | None:
         """Return the stored session with this id, or ``None`` if there is none."""
@@ -118,14 +159,11 @@ class SessionStore(StoreBase):
             params["after_updated_at"] = self._time.bind(after.updated_at)
             params["after_id"] = after.id
         if updated_before is not None:
-            if not isinstance(updated_before, datetime) or updated_before.tzinfo is None:
-                raise InvalidDataError("updated_before", "must be a timezone-aware datetime")
+            codec.check_timestamp("updated_before", updated_before)
             conditions.append("updated_at < :updated_before")
             params["updated_before"] = self._time.bind(updated_before)
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
-        ):
-            raise InvalidDataError("limit", f"must be an int >= 1, not {limit!r}")
+        if limit is not None:
+            _check_count("limit", limit)
         return await self._read(
             "list_sessions",
             partial(queries.list_summaries, conditions=conditions, params=params, limit=limit),
@@ -143,6 +181,7 @@ class SessionStore(StoreBase):
         The same order and filters as :meth:`list_sessions`, holding at most ``page_size``
         summaries in memory however many sessions there are.
         """
+        _check_count("page_size", page_size)
         after: SessionSummary | None = None
         while True:
             page = await self.list_sessions(
@@ -158,7 +197,7 @@ class SessionStore(StoreBase):
         """Delete a session with its messages and responses; return whether it existed."""
         check_name(session_id, kind="session id")
         return await self._write(
-            "delete_session", partial(queries.delete_session, session_id=session_id)
+            "delete_session", partial(queries.delete_session, session_id=session_id), key=session_id
         )
 
     async def get_or_create_session(self, user_id: str, session_id: str | None = None) -> Session:
@@ -172,18 +211,17 @@ class SessionStore(StoreBase):
             new_session = Session(user_id=user_id)
         else:
             new_session = Session(user_id=user_id, id=check_name(session_id, kind="session id"))
-        job, remember = self._save_job(new_session)
+        job, record = self._save_job(new_session)
 
         def body(tx: Tx) -> Session | None:
             if queries.insert_session_if_missing(tx, job.session_row):
                 return None
             return queries.load_session(tx, new_session.id)
 
-        existing = await self._write("get_or_create_session", body)
-        if existing is not None:
-            return existing
-        remember()
-        return new_session
+        done = self._submit("get_or_create_session", body, key=new_session.id)
+        done.add_done_callback(partial(forget_unless_stored, new_session, record))
+        existing = await asyncio.shield(done)
+        return new_session if existing is None else existing
 
     async def update_session_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
         """Load a session, apply ``fn`` to it, and save it, all in one write transaction.
@@ -217,7 +255,7 @@ class SessionStore(StoreBase):
                 session = returned
             if session.id != session_id:
                 raise InvalidDataError("id", f"fn changed the session id to {session.id!r}")
-            job, outcome["remember"] = self._save_job(session)
+            job, outcome["record"] = self._save_job(session)
             outcome["session"] = session
             return job
 
@@ -228,9 +266,14 @@ class SessionStore(StoreBase):
             queries.save_sessions(tx, [tx.call_in_loop(apply(session))])
             return True
 
-        if not await self._write("update_session_with", body):
+        def settled(done: asyncio.Future[bool]) -> None:
+            if "session" in outcome:
+                forget_unless_stored(outcome["session"], outcome["record"], done)
+
+        done = self._submit("update_session_with", body, key=session_id)
+        done.add_done_callback(settled)
+        if not await asyncio.shield(done):
             return None
-        outcome["remember"]()
         saved: Session = outcome["session"]
         return saved
 
@@ -289,17 +332,18 @@ class SessionStore(StoreBase):
                     break
         return deleted
 
-    async def save_session_with_prune(
+    def save_session_with_prune(
         self,
         session: Session,
         config: PruneConfig,
         *,
         throttle: PruneThrottle | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Save ``session``, then prune in a background task the caller does not wait for.
 
-        Prune errors are logged on the ``statestore`` logger. :meth:`close` waits for a
-        prune still running.
+        The save is captured when this is called, as with :meth:`save_session`; the prune
+        starts once the result is awaited and the save acknowledged. Prune errors are
+        logged on the ``statestore`` logger. :meth:`close` waits for a prune still running.
 
         Args:
             session: The session to save.
@@ -309,7 +353,12 @@ class SessionStore(StoreBase):
         _check_prune_config(config)
         if throttle is not None and not isinstance(throttle, PruneThrottle):
             raise InvalidDataError("throttle", f"must be a PruneThrottle, not {throttle!r}")
-        await self.save_session(session)
+        return self._prune_after(self.save_session(session), config, throttle)
+
+    async def _prune_after(
+        self, saved: Awaitable[None], config: PruneConfig, throttle: PruneThrottle | None
+    ) -> None:
+        await saved
         if throttle is not None and not throttle.should_prune():
             return
         task = asyncio.create_task(self._prune_in_background(config))

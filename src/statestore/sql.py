@@ -13,9 +13,9 @@ __all__ = [
     "COUNT_SESSIONS",
     "DELETE_DOCUMENT",
     "DELETE_MESSAGES_FROM",
-    "DELETE_OLDEST_SESSIONS",
     "DELETE_RESPONSES_FROM",
     "DELETE_SESSION",
+    "DELETE_SESSIONS_UP_TO",
     "DELETE_STALE_SESSIONS",
     "DELETE_USER_SESSIONS",
     "DOCUMENTS_IN_CATEGORY",
@@ -26,7 +26,9 @@ __all__ = [
     "LIST_DOCUMENT_NAMES",
     "LIST_SESSION_IDS",
     "LOAD_DOCUMENT",
+    "LOAD_DOCUMENT_STAMPED",
     "LOAD_SESSION",
+    "OLDEST_SESSIONS_BOUND",
     "POSTGRESQL_SIZE",
     "POSTGRESQL_VACUUM",
     "SELECT_MESSAGES",
@@ -149,18 +151,23 @@ COUNT_SESSIONS = "SELECT value FROM statestore_counters WHERE name = 'sessions'"
 
 STALE_SESSION_EXISTS = "SELECT 1 FROM sessions WHERE updated_at < :cutoff LIMIT 1"
 
+# Every condition is repeated in the outer WHERE: at READ COMMITTED, PostgreSQL re-checks
+# only the outer conditions against a row that a concurrent save changed, not the
+# sub-select's, so without it a session saved just now would be deleted.
 DELETE_STALE_SESSIONS = """
 DELETE FROM sessions WHERE id IN (
     SELECT id FROM sessions WHERE updated_at < :cutoff
     ORDER BY updated_at, id LIMIT :batch
-)
+) AND updated_at < :cutoff
 """
 
-DELETE_OLDEST_SESSIONS = """
-DELETE FROM sessions WHERE id IN (
-    SELECT id FROM sessions ORDER BY updated_at, id LIMIT :batch
-)
+OLDEST_SESSIONS_BOUND = """
+SELECT updated_at, id FROM sessions ORDER BY updated_at, id LIMIT 1 OFFSET :offset
 """
+"""The newest of the ``:offset + 1`` least recently updated sessions."""
+
+DELETE_SESSIONS_UP_TO = "DELETE FROM sessions WHERE (updated_at, id) <= (:updated_at, :id)"
+"""Delete the sessions listed at or before a bound from ``OLDEST_SESSIONS_BOUND``."""
 
 UPSERT_DOCUMENT = """
 INSERT INTO documents (category, name, kind, content, created_at, updated_at)
@@ -171,6 +178,11 @@ ON CONFLICT (category, name, kind) DO UPDATE SET
 
 LOAD_DOCUMENT = """
 SELECT content FROM documents WHERE category = :category AND name = :name AND kind = :kind
+"""
+
+LOAD_DOCUMENT_STAMPED = """
+SELECT content, updated_at FROM documents
+WHERE category = :category AND name = :name AND kind = :kind
 """
 
 LIST_DOCUMENT_NAMES = "SELECT name FROM documents WHERE category = :category"

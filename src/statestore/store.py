@@ -18,7 +18,14 @@ from statestore import codec, filestore, queries
 from statestore import migrate as migrations
 from statestore.engine import Synchronous, create_engine, resolve_url
 from statestore.errors import InvalidDataError
-from statestore.names import SESSIONS_CATEGORY, check_category, check_name
+from statestore.models import MIN_TIMESTAMP
+from statestore.names import (
+    SESSIONS_CATEGORY,
+    check_category,
+    check_name,
+    check_writable_category,
+    check_writable_name,
+)
 from statestore.sessions import SessionStore
 from statestore.stats import StoreStats, read_stats
 from statestore.tx import Tx
@@ -149,8 +156,8 @@ class StateStore(SessionStore):
 
     async def save_markdown(self, category: str, name: str, content: str) -> None:
         """Store a markdown document, replacing any markdown document of that name."""
-        check_category(category)
-        check_name(name)
+        check_writable_category(category)
+        check_writable_name(name, suffix=".md")
         codec.check_text("content", content)
         await self._save_document(category, name, "markdown", content)
 
@@ -171,8 +178,8 @@ class StateStore(SessionStore):
             InvalidDataError: ``data`` is not JSON-able (the error says where).
             pydantic.ValidationError: Session data that is not a valid session.
         """
-        check_category(category)
-        check_name(name)
+        check_writable_category(category)
+        check_writable_name(name)
         if category == SESSIONS_CATEGORY:
             await self.save_session(codec.session_from_document(name, data))
             return
@@ -248,14 +255,20 @@ class StateStore(SessionStore):
     # -- moving data in and out, upkeep ---------------------------------------------------
 
     async def import_directory(
-        self, directory: str | os.PathLike[str], *, progress: filestore.Progress | None = None
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        replace_newer: bool = False,
+        progress: filestore.Progress | None = None,
     ) -> filestore.ImportReport:
         """Import a file store's directory: sessions, and documents of every category.
 
         ``sessions/<id>.json`` files become sessions with their messages and responses;
         every other ``<category>/<name>.md|.json`` (nested categories too) becomes a
         document. Idempotent: what is already stored exactly so is left alone, so
-        importing a directory twice changes nothing. Files are imported
+        importing a directory twice changes nothing. A stored session or document whose
+        ``updated_at`` is later than the file's was saved since the file was written: it is
+        kept (and counted as kept) unless ``replace_newer``. Files are imported
         :data:`~statestore.filestore.IMPORT_BATCH` to a transaction, so a crash leaves only
         whole sessions and a rerun finishes the job.
 
@@ -265,13 +278,17 @@ class StateStore(SessionStore):
 
         Args:
             directory: The file store's root folder.
+            replace_newer: Replace stored sessions and documents with the files' versions
+                even where the stored one is newer.
             progress: Called with ``(files done, files in all)`` after each batch.
 
         Raises:
             InvalidDataError: ``directory`` is not a directory.
             DatabaseError: The database failed; batches committed before stay.
         """
-        return await filestore.import_directory(self, Path(directory), progress)
+        return await filestore.import_directory(
+            self, Path(directory), progress, replace_newer=replace_newer
+        )
 
     async def export_directory(
         self,
@@ -313,7 +330,10 @@ class StateStore(SessionStore):
         if not isinstance(days, int) or isinstance(days, bool) or days < 1:
             raise InvalidDataError("days", f"must be an int >= 1, not {days!r}")
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        since = today - timedelta(days=days - 1)
+        try:
+            since = max(today - timedelta(days=days - 1), MIN_TIMESTAMP)
+        except OverflowError:  # more days than the calendar holds: all of them
+            since = MIN_TIMESTAMP
         return await self._read("stats", partial(read_stats, since=since))
 
     async def compact(self) -> tuple[int, int]:
