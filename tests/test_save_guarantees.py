@@ -1,0 +1,291 @@
+"""An acknowledged save is never lost, mixed or reordered: the cases found, one test each.
+
+Each test here failed on the store before saves captured their state at the call: a
+pickled or copied session's record of what was stored, a save still queued when its
+object changed, saves reordered behind a busy pool, a batch retried save by save behind a
+stuck lock, and a cancelled ``close()``. ``test_acknowledged_saves.py`` explores the class
+with random interleavings; these pin the cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import pickle
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import URL
+
+from statestore import DatabaseError, Session, StateStore, UserMessage
+
+from .conftest import Traced, server_dsn
+from .test_delta import exchange, install_write_log, take_write_log
+from .test_store import make_session
+
+# -- the append-only path never trusts a record that travelled -----------------------------
+
+
+def _edit_in_another_process(pickled: bytes) -> bytes:
+    """Unpickle a session, edit a stored message in place, append one, pickle it back."""
+    session = pickle.loads(pickled)
+    session.user_messages[0].content = "edited in another process"
+    session.add_user_message("appended in another process")
+    return pickle.dumps(session)
+
+
+async def test_a_session_edited_in_another_process_saves_the_edit(store: StateStore) -> None:
+    """A loaded session pickled to a worker process, edited in place there, saves whole."""
+    await store.save_session(make_session())
+    [summary] = await store.list_sessions()
+    loaded = await store.load_session(summary.id)
+    assert loaded is not None
+
+    with ProcessPoolExecutor(1) as pool:
+        pickled = await asyncio.get_running_loop().run_in_executor(
+            pool, _edit_in_another_process, pickle.dumps(loaded)
+        )
+    edited = pickle.loads(pickled)
+    await store.save_session(edited)
+
+    stored = await store.load_session(summary.id)
+    assert stored == edited
+    assert stored is not None
+    assert stored.user_messages[0].content == "edited in another process"
+
+
+def _deep(session: Session) -> Session:
+    return copy.deepcopy(session)
+
+
+def _pickled(session: Session) -> Session:
+    copied: Session = pickle.loads(pickle.dumps(session))
+    return copied
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [
+        pytest.param(copy.copy, id="copy"),
+        pytest.param(_deep, id="deepcopy"),
+        pytest.param(lambda s: s.model_copy(), id="model_copy"),
+        pytest.param(lambda s: s.model_copy(deep=True), id="model_copy-deep"),
+        pytest.param(_pickled, id="pickle"),
+    ],
+)
+async def test_an_edited_duplicate_of_a_loaded_session_saves_the_edit(
+    store: StateStore, duplicate: Callable[[Session], Session]
+) -> None:
+    """A copy or an unpickled session of a loaded one, edited in place, saves whole."""
+    await store.save_session(make_session())
+    [summary] = await store.list_sessions()
+    loaded = await store.load_session(summary.id)
+    assert loaded is not None
+    twin = duplicate(loaded)
+    twin.user_messages[1] = UserMessage(content="replaced", timestamp=loaded.created_at)
+    twin.agent_responses[0].content = "edited"
+
+    await store.save_session(twin)
+
+    assert await store.load_session(summary.id) == twin
+
+
+async def test_an_unpickled_session_rewrites_whole_and_the_original_stays_a_delta(
+    db_path: Path,
+) -> None:
+    """After a pickle round trip a save rewrites every row; the original still appends only."""
+    async with StateStore.open(db_path) as store:
+        original = make_session(messages=3)
+        await store.save_session(original)
+        install_write_log(db_path)
+
+        travelled = pickle.loads(pickle.dumps(original))
+        exchange(travelled, "after the trip")
+        await store.save_session(travelled)
+        rewritten = take_write_log(db_path)
+        assert ("messages", "update", 0) in rewritten
+        assert ("messages", "insert", 3) in rewritten
+
+        exchange(original, "the original again")
+        await store.save_session(original)
+        assert await store.load_session(original.id) == original
+
+
+# -- a save stores the state at its call ----------------------------------------------------
+
+
+async def test_a_queued_save_stores_its_state_at_the_call(store: StateStore) -> None:
+    """A save queued behind another copy's save stores its call-time state, not later edits."""
+    await store.save_session(make_session())
+    [summary] = await store.list_sessions()
+    first = await store.load_session(summary.id)
+    second = await store.load_session(summary.id)
+    assert first is not None
+    assert second is not None
+
+    exchange(second, "from the other copy")
+    other = asyncio.ensure_future(store.save_session(second))
+    exchange(first, "from this copy")
+    queued = asyncio.ensure_future(store.save_session(first))
+    at_the_call = first.model_copy(deep=True)
+    first.user_messages[0].content = "changed after the call"
+    first.add_user_message("appended after the call")
+    del first.agent_responses[0]
+
+    await asyncio.gather(other, queued)
+
+    assert await store.load_session(summary.id) == at_the_call
+
+
+async def test_fire_and_forget_saves_of_one_object_land_in_call_order(store: StateStore) -> None:
+    """Saves started as tasks without waiting store the last call's state."""
+    session = make_session()
+    tasks = []
+    for turn in range(20):
+        exchange(session, f"turn {turn}")
+        tasks.append(asyncio.ensure_future(store.save_session(session)))
+        if turn % 3 == 0:
+            session.user_messages[-1].content = f"edited {turn}"
+            tasks.append(asyncio.ensure_future(store.save_session(session)))
+    await asyncio.gather(*tasks)
+
+    assert await store.load_session(session.id) == session
+
+
+async def test_saves_whose_callers_timed_out_commit_before_later_saves(
+    store: StateStore, backend: str
+) -> None:
+    """Saves that time out while the database is busy commit in call order, or not at all."""
+    session = make_session()
+    await store.save_session(session)
+    blockers = await _occupy(store, backend)
+    try:
+        for turn in range(12):
+            exchange(session, f"turn {turn}")
+            if turn % 4 == 0:
+                session.user_messages[0].content = f"rewritten at {turn}"
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(store.save_session(session), 0.01)
+    finally:
+        await blockers()
+    exchange(session, "acknowledged")
+    await store.save_session(session)
+
+    assert await store.load_session(session.id) == session
+
+
+async def _occupy(store: StateStore, backend: str) -> Callable[[], Any]:
+    """Make every write wait: hold SQLite's write lock, or every pooled PostgreSQL connection.
+
+    Returns the coroutine function that frees them again.
+    """
+    if backend == "sqlite":
+        database = store.engine.url.database
+        assert database is not None
+        holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+
+        async def free_sqlite() -> None:
+            await asyncio.sleep(0.2)
+            holder.execute("ROLLBACK")
+            holder.close()
+
+        return free_sqlite
+    held = [await store.engine.connect() for _ in range(15)]  # pool_size 5 + overflow 10
+
+    async def free_pool() -> None:
+        await asyncio.sleep(0.2)
+        for connection in held:
+            await connection.close()
+
+    return free_pool
+
+
+async def test_a_failed_save_leaves_no_record_that_claims_it(db_path: Path) -> None:
+    """After a save the database refused, the next save of the object rewrites it whole."""
+    async with StateStore.open(db_path) as store:
+        session = make_session(messages=2)
+        await store.save_session(session)
+        with sqlite3.connect(db_path) as connection:
+            connection.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages WHEN new.content = 'refused' "
+                "BEGIN SELECT RAISE(ABORT, 'refused message'); END"
+            )
+        session.add_user_message("refused")
+        with pytest.raises(DatabaseError, match="refused message"):
+            await store.save_session(session)
+        session.user_messages[-1].content = "accepted"
+
+        await store.save_session(session)
+
+        assert await store.load_session(session.id) == session
+
+
+# -- one stuck lock holder costs one busy timeout ----------------------------------------------
+
+
+async def test_a_stuck_lock_holder_fails_a_queue_of_saves_in_one_wait(
+    db_path: Path, traced: Traced
+) -> None:
+    """Saves queued behind another process's lock all fail after one busy timeout, not one each."""
+    async with StateStore.open(db_path, busy_timeout=0.3) as store:
+        await store.save_session(make_session())
+        holder = sqlite3.connect(db_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        traced.clear()
+        try:
+            outcomes = await asyncio.gather(
+                *(store.save_session(make_session(f"u{index}")) for index in range(40)),
+                return_exceptions=True,
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        attempts = [statement for statement in traced.of(0) if statement == "BEGIN IMMEDIATE"]
+
+        assert all(isinstance(outcome, DatabaseError) for outcome in outcomes)
+        assert "locked" in str(outcomes[0])
+        # One wait per batch (the 40 saves may reach the writer in two or three runs),
+        # never one per save.
+        assert 1 <= len(attempts) <= 3
+        await store.save_session(make_session("after"))
+        assert len(await store.list_sessions()) == 2
+
+
+# -- close --------------------------------------------------------------------------------
+
+
+async def test_a_cancelled_close_is_finished_by_the_next_close(target: Path | URL) -> None:
+    """Cancelling close() leaves it running; a second close() waits for it to release all."""
+    store = await StateStore.open(target)
+    await store.save_session(make_session())
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+
+    await store.close()
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("statestore")]
+    if isinstance(target, URL):
+        assert await _server_connections(target) == 0
+
+
+async def _server_connections(url: URL) -> int:
+    """Count the server connections to ``url``'s database other than this one."""
+    connection = await asyncpg.connect(server_dsn(url.database))
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            url.database,
+        )
+    finally:
+        await connection.close()
+    return count
