@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections import defaultdict
@@ -292,6 +293,50 @@ def test_import_again_reports_everything_unchanged(sample_db: Path) -> None:
         "temp files ignored: 1",
     ]
     assert result.exit_code == 1
+
+
+def test_import_keeps_what_was_saved_since_unless_told_to_replace(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    """Re-import keeps a session saved since, and says so; --replace-newer puts the file back."""
+    session_id = next(iter(SAMPLE_SESSIONS))
+
+    async def append() -> None:
+        async with StateStore.open(sample_db) as store:
+            session = await store.load_session(session_id)
+            assert session is not None
+            session.add_user_message("said after the import")
+            await store.save_session(session)
+
+    asyncio.run(append())
+    kept = run(sample_db, "import", str(SAMPLE_DIR))
+    assert kept.stdout.splitlines()[0] == (
+        f"sessions: 0 added, 0 updated, {len(SAMPLE_SESSIONS) - 1} unchanged, "
+        "1 kept (stored newer than the file)"
+    )
+    replaced = run(sample_db, "import", "--replace-newer", str(SAMPLE_DIR))
+    assert replaced.stdout.splitlines()[0] == (
+        f"sessions: 0 added, 1 updated, {len(SAMPLE_SESSIONS) - 1} unchanged"
+    )
+    shown = succeeded(run(sample_db, "show", session_id, "--json"))
+    assert timestamps_parsed(json.loads(shown.stdout)) == timestamps_parsed(
+        SAMPLE_SESSIONS[session_id]
+    )
+
+
+def test_export_names_a_file_it_cannot_write_and_exits_1(sample_db: Path, tmp_path: Path) -> None:
+    """A stored session whose file name is too long is named on stderr; the rest are written."""
+    with sqlite3.connect(sample_db) as connection:  # stored before names were bounded
+        connection.execute(
+            "UPDATE sessions SET id = ? WHERE id = ?", ("x" * 300, next(iter(SAMPLE_SESSIONS)))
+        )
+    result = run(sample_db, "export", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    skipped, last = result.stderr.splitlines()
+    assert skipped.startswith(f"skipped sessions/{'x' * 300}.json: cannot be written")
+    assert last == "Error: 1 files were not written (see above)"
+    written = list((tmp_path / "out" / "sessions").iterdir())
+    assert len(written) == len(SAMPLE_SESSIONS) - 1
 
 
 def test_import_of_clean_directory_exits_0(sample_db: Path, tmp_path: Path) -> None:
