@@ -308,28 +308,25 @@ class SessionStore(StoreBase):
         if not pending:
             return 0
         deleted = 0
+        # A batch goes on until one deletes nothing: a batch can delete fewer than it took
+        # aim at while there is more to do, when a concurrent save made one of its
+        # sessions fresh (that session is skipped, and the rest of the work remains).
         if cutoff is not None:
-            while True:
-                removed = await self._write(
-                    "prune_sessions",
-                    partial(queries.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
-                )
+            while removed := await self._write(
+                "prune_sessions",
+                partial(queries.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
+            ):
                 deleted += removed
-                if removed < PRUNE_BATCH:
-                    break
         if config.max_sessions:
-            while True:
-                removed = await self._write(
-                    "prune_sessions",
-                    partial(
-                        queries.delete_excess_sessions,
-                        max_sessions=config.max_sessions,
-                        batch=PRUNE_BATCH,
-                    ),
-                )
+            while removed := await self._write(
+                "prune_sessions",
+                partial(
+                    queries.delete_excess_sessions,
+                    max_sessions=config.max_sessions,
+                    batch=PRUNE_BATCH,
+                ),
+            ):
                 deleted += removed
-                if removed < PRUNE_BATCH:
-                    break
         return deleted
 
     def save_session_with_prune(
