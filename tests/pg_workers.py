@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
+from datetime import UTC, datetime, timedelta
 
-from statestore import Session, StateStore
+from statestore import PruneConfig, Session, StateStore, StateStoreError
 
 
 async def increment(url: str, session_ids: list[str], rounds: int) -> dict[str, int]:
@@ -48,7 +50,43 @@ async def append(url: str, session_id: str, rounds: int, worker: str) -> dict[st
     return {"saves": rounds}
 
 
-COMMANDS = {"increment": increment, "get_or_create": get_or_create, "append": append}
+async def prune_race(url: str, worker: int, rounds: int) -> dict[str, list[str]]:
+    """Re-save and delete own sessions (half stale) while pruning; return every error."""
+    rng = random.Random(worker)
+    errors: list[str] = []
+    stale = datetime.now(UTC) - timedelta(days=30)
+    async with StateStore.open(url, migrate=False) as store:
+
+        async def resave() -> None:
+            for turn in range(rounds):
+                session = Session(id=f"w{worker}-s{rng.randrange(8)}", user_id="u")
+                session.add_user_message("hello")
+                session.updated_at = stale if rng.random() < 0.5 else datetime.now(UTC)
+                try:
+                    if turn % 9 == 0:
+                        await store.delete_session(session.id)
+                    else:
+                        await store.save_session(session)
+                except StateStoreError as error:
+                    errors.append(f"save: {error}")
+
+        async def prune() -> None:
+            for _ in range(rounds // 3):
+                try:
+                    await store.prune_sessions(PruneConfig(max_sessions=12, ttl_hours=24))
+                except StateStoreError as error:
+                    errors.append(f"prune: {error}")
+
+        await asyncio.gather(*[resave() for _ in range(4)], *[prune() for _ in range(4)])
+    return {"errors": errors}
+
+
+COMMANDS = {
+    "increment": increment,
+    "get_or_create": get_or_create,
+    "append": append,
+    "prune_race": prune_race,
+}
 
 
 def main() -> None:

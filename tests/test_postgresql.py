@@ -23,7 +23,7 @@ from sqlalchemy import URL, Connection
 from statestore import Session, StateStore, UserMessage, migrate
 from statestore.schema import metadata
 
-from .conftest import server_dsn
+from .conftest import run_apart, server_dsn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,3 +257,15 @@ async def test_saves_of_different_sessions_do_not_wait_for_each_other(
     locked = await store.load_session("locked")
     assert locked is not None
     assert locked.user_id == "v"
+
+
+@pytest.mark.postgresql
+def test_prunes_deletes_and_saves_from_several_processes_never_deadlock(
+    fresh_postgresql: URL,
+) -> None:
+    """Four processes prune, delete and re-save their sessions at once, with no deadlock."""
+    run_apart(migrate.upgrade(fresh_postgresql))
+    results = run_workers(
+        "prune_race", fresh_postgresql, [{"worker": index, "rounds": 150} for index in range(4)]
+    )
+    assert [result["errors"] for result in results] == [[], [], [], []]

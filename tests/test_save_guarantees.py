@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import pickle
 import sqlite3
 import threading
@@ -23,7 +24,14 @@ import asyncpg
 import pytest
 from sqlalchemy import URL
 
-from statestore import DatabaseError, Session, StateStore, UserMessage
+from statestore import (
+    DatabaseError,
+    InvalidDataError,
+    PruneConfig,
+    Session,
+    StateStore,
+    UserMessage,
+)
 
 from .conftest import Traced, server_dsn
 from .test_delta import exchange, install_write_log, take_write_log
@@ -289,3 +297,78 @@ async def _server_connections(url: URL) -> int:
     finally:
         await connection.close()
     return count
+
+
+# -- every store of a process on one database keeps one order ------------------------------
+
+
+async def test_saves_through_two_stores_of_one_process_keep_call_order(
+    target: Path | URL,
+) -> None:
+    """A save through one store, then one through another, stores the second, even when busy."""
+    async with StateStore.open(target) as first, StateStore.open(target) as second:
+        busy = [make_session(f"busy-{index}") for index in range(20)]
+        for round_ in range(10):
+            session = make_session()
+            session.metadata["call"] = 1
+            pending = [asyncio.ensure_future(first.save_session(other)) for other in busy]
+            earlier = asyncio.ensure_future(first.save_session(session))
+            session.metadata["call"] = 2
+            later = asyncio.ensure_future(second.save_session(session))
+            await asyncio.gather(earlier, later, *pending)
+
+            stored = await first.load_session(session.id)
+            assert stored is not None
+            assert stored.metadata["call"] == 2, f"round {round_}"
+
+
+async def test_a_second_store_on_a_file_at_another_synchronous_level_is_refused(
+    db_path: Path,
+) -> None:
+    """Stores on one file share one writer, so a second one at another level is refused."""
+    async with StateStore.open(db_path, synchronous="FULL"):
+        with pytest.raises(InvalidDataError, match="synchronous"):
+            await StateStore.open(db_path, synchronous="NORMAL")
+        async with StateStore.open(db_path, synchronous="FULL") as same:
+            await same.save_session(make_session())
+    async with StateStore.open(db_path, synchronous="NORMAL") as after_close:
+        assert len(await after_close.list_sessions()) == 1
+
+
+async def test_each_store_on_a_file_waits_for_a_lock_as_long_as_its_own_busy_timeout(
+    db_path: Path,
+) -> None:
+    """Behind a held lock, a store with a short busy timeout fails; a patient one waits."""
+    async with (
+        StateStore.open(db_path, busy_timeout=0.1) as hasty,
+        StateStore.open(db_path, busy_timeout=10) as patient,
+    ):
+        holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")
+        hasty_save = asyncio.ensure_future(hasty.save_session(make_session("hasty")))
+        patient_save = asyncio.ensure_future(patient.save_session(make_session("patient")))
+        with pytest.raises(DatabaseError, match="locked"):
+            await hasty_save
+        holder.execute("ROLLBACK")
+        holder.close()
+
+        await patient_save
+
+        assert [summary.user_id for summary in await patient.list_sessions()] == ["patient"]
+
+
+async def test_a_save_with_prune_cancelled_before_it_starts_still_saves(
+    store: StateStore,
+) -> None:
+    """Cancelling save_session_with_prune before it runs leaves its save queued, warning nothing."""
+    session = make_session()
+    task = asyncio.ensure_future(
+        store.save_session_with_prune(session, PruneConfig(max_sessions=0, ttl_hours=0))
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gc.collect()  # an abandoned coroutine would warn here (warnings are errors)
+    await store.save_session(make_session("barrier"))  # saves commit in order: a barrier
+
+    assert await store.load_session(session.id) == session

@@ -54,6 +54,7 @@ class StoreBase:
     ) -> None:
         prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000))
         self._engine = engine
+        self._busy_timeout = busy_timeout
         self._owns_engine = False
         self._closed = False
         self._closing: asyncio.Task[None] | None = None
@@ -136,7 +137,7 @@ class StoreBase:
         self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
     ) -> asyncio.Future[ResultT]:
         self._check_writable(operation)
-        return self._runner.submit(operation, body, key=key)
+        return self._runner.submit(operation, body, key=key, busy_timeout=self._busy_timeout)
 
     async def _write(
         self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None

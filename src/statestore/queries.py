@@ -110,6 +110,12 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
         _rewrite_children(tx, job)
 
 
+def _count_first(tx: Tx) -> None:
+    """On PostgreSQL, lock the session counter before any session row (see the SQL)."""
+    if tx.dialect == "postgresql":
+        tx.rows(sql.LOCK_SESSION_COUNT)
+
+
 def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
     """Return the stored ``state_token`` of each of these sessions that exists.
 
@@ -181,6 +187,7 @@ def import_sessions(
 
 def delete_user_sessions(tx: Tx, user_id: str) -> int:
     """Delete every session of one user (with their rows); return how many."""
+    _count_first(tx)
     return tx.run(sql.DELETE_USER_SESSIONS, {"user_id": user_id})
 
 
@@ -247,6 +254,7 @@ def list_summaries(
 
 def delete_session(tx: Tx, session_id: str) -> bool:
     """Delete a session (its children go by cascade); return whether it existed."""
+    _count_first(tx)
     return tx.run(sql.DELETE_SESSION, {"id": session_id}) > 0
 
 
@@ -267,6 +275,7 @@ def prune_pending(tx: Tx, cutoff: datetime | None, max_sessions: int) -> bool:
 
 def delete_stale_sessions(tx: Tx, cutoff: datetime, batch: int) -> int:
     """Delete up to ``batch`` of the sessions last updated before ``cutoff``, oldest first."""
+    _count_first(tx)
     return tx.run(sql.DELETE_STALE_SESSIONS, {"cutoff": tx.time.bind(cutoff), "batch": batch})
 
 
@@ -277,7 +286,8 @@ def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:
     a session that a concurrent save makes newer than that is kept: a prune never deletes
     a session newer than one it keeps.
     """
-    [(count,)] = tx.rows(sql.COUNT_SESSIONS)
+    statement = sql.LOCK_SESSION_COUNT if tx.dialect == "postgresql" else sql.COUNT_SESSIONS
+    [(count,)] = tx.rows(statement)
     excess = count - max_sessions
     if excess <= 0:
         return 0

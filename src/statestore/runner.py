@@ -32,6 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import sql
 from statestore.engine import Synchronous, database_errors, sqlite_pragmas, write_connection
-from statestore.errors import DatabaseError
+from statestore.errors import DatabaseError, InvalidDataError
 from statestore.tx import AlchemyTx, SQLiteTx, Tx
 
 __all__ = [
@@ -87,12 +88,26 @@ class Runner(Protocol):
         """Run ``body`` in a read transaction."""
 
     def submit(
-        self, operation: str, body: Body[ResultT], *, key: str | None = None
+        self,
+        operation: str,
+        body: Body[ResultT],
+        *,
+        key: str | None = None,
+        busy_timeout: float | None = None,
     ) -> asyncio.Future[ResultT]:
-        """Queue ``body`` to run in a write transaction of its own."""
+        """Queue ``body`` to run in a write transaction of its own.
+
+        ``busy_timeout`` (SQLite): how long it may wait for another process's lock.
+        """
 
     def submit_batched(
-        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
+        self,
+        operation: str,
+        batch_body: BatchBody[ItemT],
+        item: ItemT,
+        key: str,
+        *,
+        busy_timeout: float | None = None,
     ) -> asyncio.Future[None]:
         """Queue ``batch_body`` on ``item``, possibly in one transaction with other items
         queued for the same ``batch_body`` -- never two with the same ``key``."""
@@ -201,6 +216,7 @@ class SQLiteRunner:
 
     def __init__(self, path: str, *, synchronous: Synchronous, busy_timeout_ms: int) -> None:
         self._path = path
+        self.synchronous = synchronous
         self._busy_timeout = busy_timeout_ms / 1000
         self._connect: Callable[[], sqlite3.Connection] = partial(
             _connect_sqlite, path, synchronous, busy_timeout_ms
@@ -252,22 +268,33 @@ class SQLiteRunner:
 
     # -- writes -------------------------------------------------------------------------
 
-    def _job(self, operation: str, **work: Any) -> _Job:
-        deadline = time.monotonic() + self._busy_timeout
-        return _Job(operation, asyncio.get_running_loop(), deadline, **work)
+    def _job(self, operation: str, busy_timeout: float | None, **work: Any) -> _Job:
+        wait = self._busy_timeout if busy_timeout is None else busy_timeout
+        return _Job(operation, asyncio.get_running_loop(), time.monotonic() + wait, **work)
 
     def submit(
-        self, operation: str, body: Body[ResultT], *, key: str | None = None
+        self,
+        operation: str,
+        body: Body[ResultT],
+        *,
+        key: str | None = None,
+        busy_timeout: float | None = None,
     ) -> asyncio.Future[ResultT]:
         # One queue, one thread: every write runs in submission order, whatever its key.
-        job = self._job(operation, body=body)
+        job = self._job(operation, busy_timeout, body=body)
         self._jobs.put(job)
         return job.future
 
     def submit_batched(
-        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
+        self,
+        operation: str,
+        batch_body: BatchBody[ItemT],
+        item: ItemT,
+        key: str,
+        *,
+        busy_timeout: float | None = None,
     ) -> asyncio.Future[None]:
-        job = self._job(operation, batch_body=batch_body, item=item, batch_key=key)
+        job = self._job(operation, busy_timeout, batch_body=batch_body, item=item, batch_key=key)
         self._jobs.put(job)
         return job.future
 
@@ -412,7 +439,7 @@ class SQLiteRunner:
             self._checkpoint_connection.close()
 
 
-_shared_runners: dict[tuple[str, str, int], tuple[SQLiteRunner, int]] = {}
+_shared_runners: dict[str, tuple[SQLiteRunner, int]] = {}
 _shared_runners_lock = threading.Lock()
 
 
@@ -421,14 +448,25 @@ def acquire_sqlite_runner(
 ) -> SQLiteRunner:
     """Return the process's runner for this SQLite file, starting it for the first user.
 
-    Every store in a process on the same file (with the same settings) shares one writer,
-    so their writes queue in one place instead of contending for SQLite's lock.
+    Every store in a process on the same file shares one writer, so their writes queue in
+    one place, in call order, instead of contending for SQLite's lock. Each store keeps its
+    own busy timeout (it is per write); the ``synchronous`` level belongs to the writer's
+    connection, so a second store must ask for the level the first one has.
+
+    Raises:
+        InvalidDataError: The file is open in this process at another level.
     """
-    key = (os.path.realpath(path), synchronous, busy_timeout_ms)
+    key = os.path.realpath(path)
     with _shared_runners_lock:
         runner, users = _shared_runners.get(key, (None, 0))
         if runner is None:
             runner = SQLiteRunner(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+        elif runner.synchronous != synchronous:
+            raise InvalidDataError(
+                "synchronous",
+                f"{path!r} is open in this process with synchronous={runner.synchronous!r}; "
+                "every store on one file shares one writer: open it at that level too",
+            )
         _shared_runners[key] = (runner, users + 1)
         return runner
 
@@ -455,18 +493,35 @@ def _nothing(tx: Tx) -> None:
     return None
 
 
+_lanes: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str | None], asyncio.Task[Any]]
+] = weakref.WeakKeyDictionary()
+"""Per event loop, the last write queued for each (database, session id): every store of
+the process on one database shares them, so their writes of one session keep call order."""
+
+
+def _leave_lane(
+    lanes: dict[tuple[str, str | None], asyncio.Task[Any]],
+    lane: tuple[str, str | None],
+    task: asyncio.Task[Any],
+) -> None:
+    if lanes.get(lane) is task:
+        del lanes[lane]
+
+
 class AlchemyRunner:
     """Transactions on an async SQLAlchemy engine's pool, one connection each.
 
     A write runs in a task of its own, created when it is submitted; whoever awaits it
     awaits it shielded, so cancelling the caller never cuts a transaction half-way. Writes
-    with the same key form a lane: each starts once the one submitted before it has ended.
+    with the same key on the same database form a lane, shared by every store of the
+    process on it: each starts once the one submitted before it has ended.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._writes: set[asyncio.Task[Any]] = set()
-        self._lanes: dict[str, asyncio.Task[Any]] = {}
+        self._database = engine.url.render_as_string(hide_password=True)
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
         # One snapshot for the whole read: at READ COMMITTED each statement would see the
@@ -479,7 +534,13 @@ class AlchemyRunner:
                     return await snapshot.run_sync(_with_tx(body))
 
     def submit_batched(
-        self, operation: str, batch_body: BatchBody[ItemT], item: ItemT, key: str
+        self,
+        operation: str,
+        batch_body: BatchBody[ItemT],
+        item: ItemT,
+        key: str,
+        *,
+        busy_timeout: float | None = None,
     ) -> asyncio.Future[None]:
         def body(tx: Tx) -> None:
             batch_body(tx, [item])
@@ -487,20 +548,23 @@ class AlchemyRunner:
         return self.submit(operation, body, key=key)
 
     def submit(
-        self, operation: str, body: Body[ResultT], *, key: str | None = None
+        self,
+        operation: str,
+        body: Body[ResultT],
+        *,
+        key: str | None = None,
+        busy_timeout: float | None = None,
     ) -> asyncio.Future[ResultT]:
-        before = self._lanes.get(key) if key is not None else None
+        lanes = _lanes.setdefault(asyncio.get_running_loop(), {})
+        lane = (self._database, key)
+        before = lanes.get(lane) if key is not None else None
         task = asyncio.ensure_future(self._write_unit(operation, body, before))
         self._writes.add(task)
         task.add_done_callback(self._finished)
         if key is not None:
-            self._lanes[key] = task
-            task.add_done_callback(partial(self._leave_lane, key))
+            lanes[lane] = task
+            task.add_done_callback(partial(_leave_lane, lanes, lane))
         return task
-
-    def _leave_lane(self, key: str, task: asyncio.Task[Any]) -> None:
-        if self._lanes.get(key) is task:
-            del self._lanes[key]
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._writes.discard(task)

@@ -13,7 +13,7 @@ from typing import Any
 from statestore import codec, queries
 from statestore.base import StoreBase, forget_unless_stored, updating_runner
 from statestore.errors import InvalidDataError
-from statestore.models import Session, SessionSummary, SessionTail, StoredState
+from statestore.models import Session, SessionSummary, SessionTail
 from statestore.names import check_name
 from statestore.prune import PruneConfig, PruneThrottle
 from statestore.tx import Tx
@@ -42,13 +42,13 @@ def _check_prune_config(config: object) -> None:
         raise InvalidDataError("config", f"must be a PruneConfig, not {config!r}")
 
 
-async def _acknowledged(done: asyncio.Future[None]) -> None:
-    """Wait, shielded, for a queued save's commit.
+async def _acknowledged(queued: Callable[[], asyncio.Future[None]]) -> None:
+    """Wait, shielded, for a captured save's commit.
 
-    The save was queued when it was called: a cancelled or timed-out waiter leaves it to
-    commit or fail in its turn.
+    The save was queued when it was called (or is queued now, if it was called off the
+    loop): a cancelled or timed-out waiter leaves it to commit or fail in its turn.
     """
-    await asyncio.shield(done)
+    await asyncio.shield(queued())
 
 
 class SessionStore(StoreBase):
@@ -78,24 +78,33 @@ class SessionStore(StoreBase):
             DatabaseError: The database failed; nothing is written.
         """
         self._check_writable("save_session")
+        return _acknowledged(self._capture_save(session))
+
+    def _capture_save(self, session: Session) -> Callable[[], asyncio.Future[None]]:
+        """Capture a save of ``session`` now; return what gives its queued future.
+
+        On the event loop the save is queued at once. Called from another thread (for the
+        store's loop to run the result), it is queued when the result starts running.
+        """
         job, record = self._save_job(session)
+
+        def queue() -> asyncio.Future[None]:
+            done = self._runner.submit_batched(
+                "save_session",
+                queries.save_sessions,
+                job,
+                session.id,
+                busy_timeout=self._busy_timeout,
+            )
+            done.add_done_callback(partial(forget_unless_stored, session, record))
+            return done
+
         try:
             asyncio.get_running_loop()
-        except RuntimeError:  # called outside the loop (from a thread): queued when run
-            return self._queue_when_run(session, job, record)
-        return _acknowledged(self._queue_save(session, job, record))
-
-    def _queue_save(
-        self, session: Session, job: queries.SaveJob, record: StoredState | None
-    ) -> asyncio.Future[None]:
-        done = self._runner.submit_batched("save_session", queries.save_sessions, job, session.id)
-        done.add_done_callback(partial(forget_unless_stored, session, record))
-        return done
-
-    async def _queue_when_run(
-        self, session: Session, job: queries.SaveJob, record: StoredState | None
-    ) -> None:
-        await _acknowledged(self._queue_save(session, job, record))
+        except RuntimeError:
+            return queue
+        queued = queue()
+        return lambda: queued
 
     def update_session(self, session: Session) -> Awaitable[None]:
         """Same as :meth:`save_session`."""
@@ -350,12 +359,16 @@ class SessionStore(StoreBase):
         _check_prune_config(config)
         if throttle is not None and not isinstance(throttle, PruneThrottle):
             raise InvalidDataError("throttle", f"must be a PruneThrottle, not {throttle!r}")
-        return self._prune_after(self.save_session(session), config, throttle)
+        self._check_writable("save_session_with_prune")
+        return self._prune_after(self._capture_save(session), config, throttle)
 
     async def _prune_after(
-        self, saved: Awaitable[None], config: PruneConfig, throttle: PruneThrottle | None
+        self,
+        queued: Callable[[], asyncio.Future[None]],
+        config: PruneConfig,
+        throttle: PruneThrottle | None,
     ) -> None:
-        await saved
+        await _acknowledged(queued)
         if throttle is not None and not throttle.should_prune():
             return
         task = asyncio.create_task(self._prune_in_background(config))

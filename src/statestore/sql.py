@@ -28,6 +28,7 @@ __all__ = [
     "LOAD_DOCUMENT",
     "LOAD_DOCUMENT_STAMPED",
     "LOAD_SESSION",
+    "LOCK_SESSION_COUNT",
     "OLDEST_SESSIONS_BOUND",
     "POSTGRESQL_SIZE",
     "POSTGRESQL_VACUUM",
@@ -148,6 +149,13 @@ DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id"
 LIST_SESSION_IDS = "SELECT id FROM sessions"
 
 COUNT_SESSIONS = "SELECT value FROM statestore_counters WHERE name = 'sessions'"
+
+LOCK_SESSION_COUNT = COUNT_SESSIONS + " FOR UPDATE"
+"""PostgreSQL: take the session counter's row lock first, before any session row.
+
+Every insert and delete of a session updates that one row (a trigger), so a transaction
+that deletes sessions, or locks stored ones and then inserts new ones, takes it first:
+then no two such transactions can each hold a row the other waits for."""
 
 STALE_SESSION_EXISTS = "SELECT 1 FROM sessions WHERE updated_at < :cutoff LIMIT 1"
 
