@@ -327,3 +327,31 @@ def test_prune_config_cutoff_is_ttl_hours_ago_or_none() -> None:
     assert cutoff is not None
     assert before - timedelta(hours=5) <= cutoff <= after - timedelta(hours=5)
     assert PruneConfig(ttl_hours=0).cutoff() is None
+
+
+@pytest.mark.parametrize(
+    ("max_sessions", "ttl_hours"),
+    [(0, 0), (5, 0), (0, 30), (5, 30), (50, 30), (1, 1)],
+    ids=["off", "count", "ttl", "both", "ttl-only-bites", "tight"],
+)
+async def test_prunable_sessions_are_what_the_prune_then_deletes(
+    store: StateStore, max_sessions: int, ttl_hours: int
+) -> None:
+    """prunable_sessions lists, oldest first, exactly the sessions prune_sessions deletes."""
+    now = datetime.now(UTC)
+    rng = random.Random(7)
+    sessions = [
+        make_session(f"u{index}", updated_at=now - timedelta(hours=rng.uniform(0, 60)))
+        for index in range(20)
+    ]
+    await save_all(store, sessions)
+    config = PruneConfig(max_sessions=max_sessions, ttl_hours=ttl_hours)
+
+    listed = await store.prunable_sessions(config)
+    assert len(await store.list_sessions()) == 20  # the dry run deletes nothing
+    deleted = await store.prune_sessions(config)
+
+    kept = {summary.id for summary in await store.list_sessions()}
+    assert {summary.id for summary in listed} == {s.id for s in sessions} - kept
+    assert len(listed) == deleted
+    assert [s.updated_at for s in listed] == sorted(s.updated_at for s in listed)

@@ -5,11 +5,18 @@ The public API is what this module exports; everything else is internal.
 
 from statestore import migrate
 from statestore.errors import (
+    ConstraintError,
+    DatabaseBusyError,
     DatabaseError,
+    DatabaseUnavailableError,
+    InvalidArgumentError,
     InvalidDataError,
     InvalidNameError,
+    MigrationError,
+    ReentrantWriteError,
     SchemaVersionError,
     StateStoreError,
+    StorageFullError,
     StoreClosedError,
 )
 from statestore.models import AgentResponse, Session, SessionSummary, UserMessage
@@ -18,16 +25,23 @@ from statestore.store import StateStore
 
 __all__ = [
     "AgentResponse",
+    "ConstraintError",
+    "DatabaseBusyError",
     "DatabaseError",
+    "DatabaseUnavailableError",
+    "InvalidArgumentError",
     "InvalidDataError",
     "InvalidNameError",
+    "MigrationError",
     "PruneConfig",
     "PruneThrottle",
+    "ReentrantWriteError",
     "SchemaVersionError",
     "Session",
     "SessionSummary",
     "StateStore",
     "StateStoreError",
+    "StorageFullError",
     "StoreClosedError",
     "UserMessage",
     "migrate",

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import codec, queries
 from statestore.engine import Synchronous, prepare_engine
-from statestore.errors import InvalidDataError, StateStoreError, StoreClosedError
+from statestore.errors import InvalidArgumentError, ReentrantWriteError, StoreClosedError
 from statestore.models import RowLog, Session, StoredState
 from statestore.runner import (
     AlchemyRunner,
@@ -61,13 +61,13 @@ class StoreBase:
         self._prunes: set[asyncio.Task[None]] = set()
         self._runner: Runner
         if engine.dialect.name not in ("sqlite", "postgresql"):
-            raise InvalidDataError(
+            raise InvalidArgumentError(
                 "engine", f"statestore runs on SQLite and PostgreSQL, not {engine.dialect.name}"
             )
         if engine.dialect.name == "sqlite":
             path = engine.url.database
             if not path or path == ":memory:" or "mode=memory" in path:
-                raise InvalidDataError(
+                raise InvalidArgumentError(
                     "target", "statestore needs a SQLite file, not an in-memory database"
                 )
             self._runner = acquire_sqlite_runner(
@@ -128,7 +128,7 @@ class StoreBase:
     def _check_writable(self, operation: str) -> None:
         self._check_open()
         if updating_runner.get() is self._runner:
-            raise StateStoreError(
+            raise ReentrantWriteError(
                 f"{operation} called from inside update_session_with's fn, which holds this "
                 "database's write transaction: change the session passed to fn instead"
             )

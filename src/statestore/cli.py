@@ -327,19 +327,6 @@ def delete_user(db: str, user_id: str) -> None:
     click.echo(f"deleted {deleted} sessions of user {user_id}")
 
 
-def _prunable(summaries: list[SessionSummary], config: PruneConfig) -> list[SessionSummary]:
-    """What :meth:`StateStore.prune_sessions` would delete from these (newest first)."""
-    going: list[SessionSummary] = []
-    kept = summaries
-    cutoff = config.cutoff()
-    if cutoff is not None:
-        going = [summary for summary in summaries if summary.updated_at < cutoff]
-        kept = [summary for summary in summaries if summary.updated_at >= cutoff]
-    if config.max_sessions:
-        going += kept[config.max_sessions :]
-    return going
-
-
 @cli.command()
 @click.option(
     "--max-sessions",
@@ -353,7 +340,11 @@ def _prunable(summaries: list[SessionSummary], config: PruneConfig) -> list[Sess
     type=click.IntRange(min=0),
     help="Delete sessions not updated for this many hours (0: no limit).",
 )
-@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List what would be deleted (oldest first), asked with the prune's own SQL.",
+)
 @click.pass_obj
 def prune(db: str, max_sessions: int, ttl_hours: int, dry_run: bool) -> None:
     """Delete old sessions: first those past the TTL, then the oldest beyond the maximum."""
@@ -362,7 +353,7 @@ def prune(db: str, max_sessions: int, ttl_hours: int, dry_run: bool) -> None:
     async def work() -> list[SessionSummary] | int:
         async with _opened(db) as store:
             if dry_run:
-                return _prunable(await store.list_sessions(), config)
+                return await store.prunable_sessions(config)
             return await store.prune_sessions(config)
 
     outcome = _run(work())

@@ -8,17 +8,11 @@ driver's own transaction handling is switched off (``isolation_level=None``) and
 statestore emits ``BEGIN`` itself: ``BEGIN IMMEDIATE`` for write transactions, so a
 read-then-write transaction never fails with "database is locked" half-way, and plain
 ``BEGIN`` for reads, so that reads see one snapshot.
-
-This is also the one place where SQLAlchemy and driver errors (``sqlite3`` included)
-become :class:`DatabaseError`.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 from sqlalchemy import URL, event, exc, make_url
@@ -26,14 +20,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from statestore.errors import DatabaseError, InvalidDataError
+from statestore.errors import InvalidArgumentError
 
 __all__ = [
     "MIGRATE_OPTION",
     "WRITE_OPTION",
     "Synchronous",
     "create_engine",
-    "database_errors",
     "prepare_engine",
     "resolve_url",
     "sqlite_pragmas",
@@ -64,7 +57,7 @@ def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
     driver (``sqlite://``, ``postgresql://``) gets the async driver statestore runs on.
 
     Raises:
-        InvalidDataError: ``target`` is not a URL or path statestore can open: a malformed
+        InvalidArgumentError: ``target`` is not a URL or path statestore can open: a malformed
             URL (a port that is not a number, say), a database other than SQLite and
             PostgreSQL, or a driver other than aiosqlite and asyncpg.
     """
@@ -74,28 +67,28 @@ def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
         try:
             url = make_url(target)
         except (exc.ArgumentError, ValueError) as error:
-            raise InvalidDataError(
+            raise InvalidArgumentError(
                 "target", f"{target!r} is not a database URL ({error})"
             ) from error
     elif isinstance(target, str | os.PathLike):
         path = os.fspath(target)
         if not path:
-            raise InvalidDataError("target", "the database path is empty")
+            raise InvalidArgumentError("target", "the database path is empty")
         url = URL.create("sqlite+aiosqlite", database=path)
     else:
-        raise InvalidDataError(
+        raise InvalidArgumentError(
             "target", f"must be a path or a database URL, not {type(target).__name__}"
         )
     backend = url.get_backend_name()
     driver = _ASYNC_DRIVERS.get(backend)
     if driver is None:
-        raise InvalidDataError(
+        raise InvalidArgumentError(
             "target",
             f"statestore runs on SQLite (a file path) and PostgreSQL "
             f"(postgresql+asyncpg://...), not {url.drivername}://",
         )
     if "+" in url.drivername and url.get_driver_name() != driver:
-        raise InvalidDataError(
+        raise InvalidArgumentError(
             "target",
             f"statestore runs {backend} through {driver}: use {backend}+{driver}://, "
             f"not {url.drivername}://",
@@ -118,7 +111,7 @@ def create_engine(
         engine = create_async_engine(url, **options)
     except ImportError as error:
         driver = url.get_driver_name()
-        raise InvalidDataError(
+        raise InvalidArgumentError(
             "target",
             f"{url.drivername}:// needs the {driver} driver, which is not installed: "
             f"pip install '{_EXTRAS.get(driver, driver)}'",
@@ -136,7 +129,9 @@ def prepare_engine(
     using it, or dispose of its pool first.
     """
     if synchronous not in ("FULL", "NORMAL"):
-        raise InvalidDataError("synchronous", f"must be 'FULL' or 'NORMAL', not {synchronous!r}")
+        raise InvalidArgumentError(
+            "synchronous", f"must be 'FULL' or 'NORMAL', not {synchronous!r}"
+        )
     if engine.dialect.name != "sqlite":
         return
     sync_engine = engine.sync_engine
@@ -182,18 +177,3 @@ def _begin_sqlite_transaction(connection: Connection) -> None:
 async def write_connection(connection: AsyncConnection) -> AsyncConnection:
     """Return ``connection`` marked so that its transactions begin as writes."""
     return await connection.execution_options(**{WRITE_OPTION: True})
-
-
-@contextmanager
-def database_errors(operation: str) -> Iterator[None]:
-    """Re-raise SQLAlchemy and driver errors inside the block as :class:`DatabaseError`."""
-    try:
-        yield
-    except exc.StatementError as error:
-        if isinstance(error.orig, ValueError) and not isinstance(error, exc.DBAPIError):
-            raise InvalidDataError(operation, str(error.orig)) from error
-        raise DatabaseError(f"{operation} failed: {error.orig or error}") from error
-    except exc.SQLAlchemyError as error:
-        raise DatabaseError(f"{operation} failed: {error}") from error
-    except (sqlite3.Error, OSError) as error:
-        raise DatabaseError(f"{operation} failed: {error}") from error

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from statestore import codec, queries
-from statestore.errors import InvalidDataError, InvalidNameError
+from statestore.errors import InvalidArgumentError, InvalidDataError, InvalidNameError
 from statestore.models import Session
 from statestore.names import SESSIONS_CATEGORY, check_category, check_name
 from statestore.tx import Tx
@@ -145,7 +145,7 @@ def find_files(root: Path) -> tuple[list[str], int]:
         InvalidDataError: ``root`` is not a directory.
     """
     if not root.is_dir():
-        raise InvalidDataError("directory", f"{str(root)!r} is not a directory")
+        raise InvalidArgumentError("directory", f"{str(root)!r} is not a directory")
     found: list[str] = []
     temp_files = 0
     for folder, subfolders, files in os.walk(root):
@@ -381,13 +381,13 @@ def _write_documents(
 
 def _check_export_target(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
-        raise InvalidDataError("directory", f"{str(root)!r} is not a directory")
+        raise InvalidArgumentError("directory", f"{str(root)!r} is not a directory")
     try:
         occupied = root.is_dir() and any(root.iterdir())
     except OSError as exc:
-        raise InvalidDataError("directory", f"{str(root)!r} cannot be read: {exc}") from exc
+        raise InvalidArgumentError("directory", f"{str(root)!r} cannot be read: {exc}") from exc
     if not overwrite and occupied:
-        raise InvalidDataError(
+        raise InvalidArgumentError(
             "directory",
             f"{str(root)!r} is not empty; export into an empty directory, "
             "or allow writing over its files (overwrite)",

@@ -45,8 +45,8 @@ from sqlalchemy import URL
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from statestore.engine import MIGRATE_OPTION, create_engine, database_errors, resolve_url
-from statestore.errors import SchemaVersionError, StateStoreError
+from statestore.engine import MIGRATE_OPTION, create_engine, resolve_url
+from statestore.errors import MigrationError, SchemaVersionError, database_errors
 from statestore.schema import metadata
 
 __all__ = [
@@ -83,7 +83,7 @@ def script_location() -> str:
     checkout = Path(__file__).resolve().parents[2] / "migrations"
     if (checkout / "env.py").is_file():
         return str(checkout)
-    raise StateStoreError("statestore's migration scripts are missing from this installation")
+    raise MigrationError("statestore's migration scripts are missing from this installation")
 
 
 def alembic_config() -> Config:
@@ -166,7 +166,7 @@ def _check_foreign_keys_off(connection: Connection) -> None:
     if connection.dialect.name != "sqlite":
         return
     if connection.exec_driver_sql("PRAGMA foreign_keys").scalar():
-        raise StateStoreError(
+        raise MigrationError(
             "statestore migrations on SQLite need PRAGMA foreign_keys=OFF on the migrating "
             "connection: a batch migration copies tables, and with foreign keys on the copy "
             "would cascade-delete child rows"
@@ -174,12 +174,12 @@ def _check_foreign_keys_off(connection: Connection) -> None:
 
 
 def check_foreign_keys(connection: Connection) -> None:
-    """Raise :class:`StateStoreError` if any foreign key is broken (SQLite only)."""
+    """Raise :class:`MigrationError` if any foreign key is broken (SQLite only)."""
     if connection.dialect.name != "sqlite":
         return
     violations = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if violations:
-        raise StateStoreError(f"migration left broken foreign keys: {violations[:5]}")
+        raise MigrationError(f"migration left broken foreign keys: {violations[:5]}")
 
 
 MIGRATION_LOCK_KEY = 0x5374_6174_6553_746F
@@ -222,7 +222,7 @@ def upgrade_on_connection(connection: Connection, revision: str = "head") -> Non
 
     Raises:
         SchemaVersionError: The database is at a revision this statestore does not know.
-        StateStoreError: Foreign keys are on (SQLite), or the migration broke a foreign key.
+        MigrationError: Foreign keys are on (SQLite), or the migration broke a foreign key.
     """
     if connection.in_transaction():
         _run(connection, revision)

@@ -34,6 +34,7 @@ __all__ = [
     "load_document",
     "load_session",
     "load_tail",
+    "prunable_sessions",
     "prune_pending",
     "save_document",
     "save_sessions",
@@ -271,6 +272,23 @@ def prune_pending(tx: Tx, cutoff: datetime | None, max_sessions: int) -> bool:
         [(count,)] = tx.rows(sql.COUNT_SESSIONS)
         return bool(count > max_sessions)
     return False
+
+
+def prunable_sessions(tx: Tx, cutoff: datetime | None, max_sessions: int) -> list[SessionSummary]:
+    """Return what a prune would delete now, in the order it deletes: the same rule's SQL."""
+    time = tx.time
+    going: list[SessionSummary] = []
+    params: dict[str, Any] = {}
+    if cutoff is not None:
+        params["cutoff"] = time.bind(cutoff)
+        going = [codec.summary_from_row(row, time) for row in tx.rows(sql.PRUNABLE_STALE, params)]
+    if max_sessions:
+        [(count,)] = tx.rows(sql.COUNT_SESSIONS)
+        excess = count - len(going) - max_sessions
+        if excess > 0:
+            rows = tx.rows(sql.PRUNABLE_EXCESS[cutoff is not None], {**params, "excess": excess})
+            going += [codec.summary_from_row(row, time) for row in rows]
+    return going
 
 
 def delete_stale_sessions(tx: Tx, cutoff: datetime, batch: int) -> int:

@@ -43,8 +43,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import sql
-from statestore.engine import Synchronous, database_errors, sqlite_pragmas, write_connection
-from statestore.errors import DatabaseError, InvalidDataError
+from statestore.engine import Synchronous, sqlite_pragmas, write_connection
+from statestore.errors import (
+    ConstraintError,
+    DatabaseBusyError,
+    DatabaseError,
+    InvalidArgumentError,
+    database_errors,
+)
 from statestore.tx import AlchemyTx, SQLiteTx, Tx
 
 __all__ = [
@@ -160,41 +166,21 @@ _BUSY_SLACK_MS = 250
 """How far the writer's busy timeout may stray from a batch's time left before it is reset
 (setting it on every transaction would compile a statement each time)."""
 
-# SQLite's primary result codes for a lock held elsewhere.
-_SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
-
-
-def _driver_error(error: BaseException) -> BaseException:
-    return error.__cause__ if isinstance(error, DatabaseError) and error.__cause__ else error
-
-
-def _is_busy(error: BaseException) -> bool:
-    """Whether the database refused because another connection holds its lock."""
-    cause = _driver_error(error)
-    return isinstance(cause, sqlite3.OperationalError) and (
-        getattr(cause, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    )
-
 
 def _one_save_could_cause(error: BaseException) -> bool:
     """Whether one job of a batch could have caused ``error``, so the others may commit.
 
-    A constraint, a value the driver cannot bind or store, or a Python error from one
-    job's own code could be any one job's; the database busy, locked, full, read-only,
-    damaged or failing to read and write is nobody's, and retrying each job would only
-    wait again for each.
+    A constraint, or a Python error from one job's own code or values, could be any one
+    job's; the database busy, locked, full, read-only, damaged or failing to read and write
+    is nobody's, and retrying each job would only wait again for each.
     """
-    cause = _driver_error(error)
-    if isinstance(cause, sqlite3.Error):
+    if isinstance(error, ConstraintError):
+        return True
+    if isinstance(error, DatabaseError):  # a value the driver could not bind or store
         return isinstance(
-            cause,
-            sqlite3.IntegrityError
-            | sqlite3.DataError
-            | sqlite3.ProgrammingError
-            | sqlite3.InterfaceError,
+            error.__cause__, sqlite3.DataError | sqlite3.ProgrammingError | sqlite3.InterfaceError
         )
-    return isinstance(cause, Exception) and not isinstance(cause, OSError)
+    return isinstance(error, Exception)
 
 
 _STOP = object()
@@ -352,11 +338,12 @@ class SQLiteRunner:
             try:
                 results = self._transaction(tx, batch)
             except BaseException as error:
-                if len(batch) > 1 and not _is_busy(error) and _one_save_could_cause(error):
+                busy = isinstance(error, DatabaseBusyError)
+                if len(batch) > 1 and not busy and _one_save_could_cause(error):
                     for job in batch:  # find the failing save: every other one commits alone
                         self._commit(tx, [job])
                     return
-                if not _is_busy(error):
+                if not busy:
                     self._resolve([(job, None, error) for job in batch])
                     return
                 # Another process holds the lock: the jobs out of time fail, the rest try
@@ -454,7 +441,7 @@ def acquire_sqlite_runner(
     connection, so a second store must ask for the level the first one has.
 
     Raises:
-        InvalidDataError: The file is open in this process at another level.
+        InvalidArgumentError: The file is open in this process at another level.
     """
     key = os.path.realpath(path)
     with _shared_runners_lock:
@@ -462,7 +449,7 @@ def acquire_sqlite_runner(
         if runner is None:
             runner = SQLiteRunner(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
         elif runner.synchronous != synchronous:
-            raise InvalidDataError(
+            raise InvalidArgumentError(
                 "synchronous",
                 f"{path!r} is open in this process with synchronous={runner.synchronous!r}; "
                 "every store on one file shares one writer: open it at that level too",

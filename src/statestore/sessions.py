@@ -12,7 +12,7 @@ from typing import Any
 
 from statestore import codec, queries
 from statestore.base import StoreBase, forget_unless_stored, updating_runner
-from statestore.errors import InvalidDataError
+from statestore.errors import InvalidArgumentError, InvalidDataError
 from statestore.models import Session, SessionSummary, SessionTail
 from statestore.names import check_name
 from statestore.prune import PruneConfig, PruneThrottle
@@ -34,12 +34,12 @@ MAX_COUNT = 2**63 - 1
 
 def _check_count(field: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
-        raise InvalidDataError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
+        raise InvalidArgumentError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
 
 
 def _check_prune_config(config: object) -> None:
     if not isinstance(config, PruneConfig):
-        raise InvalidDataError("config", f"must be a PruneConfig, not {config!r}")
+        raise InvalidArgumentError("config", f"must be a PruneConfig, not {config!r}")
 
 
 async def _acknowledged(queued: Callable[[], asyncio.Future[None]]) -> None:
@@ -125,7 +125,7 @@ class SessionStore(StoreBase):
         """
         check_name(session_id, kind="session id")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise InvalidDataError("count", f"must be an int >= 0, not {count!r}")
+            raise InvalidArgumentError("count", f"must be an int >= 0, not {count!r}")
         return await self._read(
             "load_tail", partial(queries.load_tail, session_id=session_id, count=count)
         )
@@ -163,7 +163,7 @@ class SessionStore(StoreBase):
             params["project_id"] = project_id
         if after is not None:
             if not isinstance(after, SessionSummary):
-                raise InvalidDataError("after", "must be a SessionSummary from a listing")
+                raise InvalidArgumentError("after", "must be a SessionSummary from a listing")
             conditions.append("(updated_at, id) < (:after_updated_at, :after_id)")
             params["after_updated_at"] = self._time.bind(after.updated_at)
             params["after_id"] = after.id
@@ -249,7 +249,7 @@ class SessionStore(StoreBase):
         """
         check_name(session_id, kind="session id")
         if not callable(fn):
-            raise InvalidDataError("fn", f"must be a function of the session, not {fn!r}")
+            raise InvalidArgumentError("fn", f"must be a function of the session, not {fn!r}")
         outcome: dict[str, Any] = {}
 
         async def apply(session: Session) -> queries.SaveJob:
@@ -338,6 +338,23 @@ class SessionStore(StoreBase):
                 deleted += removed
         return deleted
 
+    async def prunable_sessions(self, config: PruneConfig) -> list[SessionSummary]:
+        """Return the sessions :meth:`prune_sessions` would delete now, deleting nothing.
+
+        The same rule as the prune, asked with the same SQL: first every session past the
+        TTL, then the least recently updated beyond ``config.max_sessions``, in the order a
+        prune deletes them (least recently updated first).
+        """
+        _check_prune_config(config)
+        return await self._read(
+            "prunable_sessions",
+            partial(
+                queries.prunable_sessions,
+                cutoff=config.cutoff(),
+                max_sessions=config.max_sessions,
+            ),
+        )
+
     def save_session_with_prune(
         self,
         session: Session,
@@ -358,7 +375,7 @@ class SessionStore(StoreBase):
         """
         _check_prune_config(config)
         if throttle is not None and not isinstance(throttle, PruneThrottle):
-            raise InvalidDataError("throttle", f"must be a PruneThrottle, not {throttle!r}")
+            raise InvalidArgumentError("throttle", f"must be a PruneThrottle, not {throttle!r}")
         self._check_writable("save_session_with_prune")
         return self._prune_after(self._capture_save(session), config, throttle)
 

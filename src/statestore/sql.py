@@ -32,6 +32,8 @@ __all__ = [
     "OLDEST_SESSIONS_BOUND",
     "POSTGRESQL_SIZE",
     "POSTGRESQL_VACUUM",
+    "PRUNABLE_EXCESS",
+    "PRUNABLE_STALE",
     "SELECT_MESSAGES",
     "SELECT_RESPONSES",
     "SESSION_SUMMARIES",
@@ -136,9 +138,11 @@ SELECT position, content, reported_session_id, seed_id, phase_reached, evaluatio
 FROM responses WHERE session_id = :session_id AND position >= :start ORDER BY position
 """
 
-SESSION_SUMMARIES = """
-SELECT id, user_id, message_count, active_seed_id, project_id, created_at, updated_at
-FROM sessions {where} ORDER BY updated_at DESC, id DESC {limit}
+_SUMMARY_COLUMNS = "id, user_id, message_count, active_seed_id, project_id, created_at, updated_at"
+
+SESSION_SUMMARIES = f"""
+SELECT {_SUMMARY_COLUMNS}
+FROM sessions {{where}} ORDER BY updated_at DESC, id DESC {{limit}}
 """
 """Format ``where`` (conditions from ``statestore.queries``) and ``limit``."""
 
@@ -157,22 +161,41 @@ Every insert and delete of a session updates that one row (a trigger), so a tran
 that deletes sessions, or locks stored ones and then inserts new ones, takes it first:
 then no two such transactions can each hold a row the other waits for."""
 
-STALE_SESSION_EXISTS = "SELECT 1 FROM sessions WHERE updated_at < :cutoff LIMIT 1"
+# -- the prune rule: what a prune deletes, and what its dry run lists -------------------------
+
+_STALE = "updated_at < :cutoff"
+"""A session past the TTL: last updated before ``:cutoff``."""
+
+_OLDEST_FIRST = "ORDER BY updated_at, id"
+"""The order a prune deletes in: least recently updated first."""
+
+STALE_SESSION_EXISTS = f"SELECT 1 FROM sessions WHERE {_STALE} LIMIT 1"
 
 # Every condition is repeated in the outer WHERE: at READ COMMITTED, PostgreSQL re-checks
 # only the outer conditions against a row that a concurrent save changed, not the
 # sub-select's, so without it a session saved just now would be deleted.
-DELETE_STALE_SESSIONS = """
+DELETE_STALE_SESSIONS = f"""
 DELETE FROM sessions WHERE id IN (
-    SELECT id FROM sessions WHERE updated_at < :cutoff
-    ORDER BY updated_at, id LIMIT :batch
-) AND updated_at < :cutoff
+    SELECT id FROM sessions WHERE {_STALE} {_OLDEST_FIRST} LIMIT :batch
+) AND {_STALE}
 """
 
-OLDEST_SESSIONS_BOUND = """
-SELECT updated_at, id FROM sessions ORDER BY updated_at, id LIMIT 1 OFFSET :offset
+OLDEST_SESSIONS_BOUND = f"""
+SELECT updated_at, id FROM sessions {_OLDEST_FIRST} LIMIT 1 OFFSET :offset
 """
 """The newest of the ``:offset + 1`` least recently updated sessions."""
+
+PRUNABLE_STALE = f"SELECT {_SUMMARY_COLUMNS} FROM sessions WHERE {_STALE} {_OLDEST_FIRST}"
+"""What the TTL rule deletes, in the order the prune deletes it."""
+
+PRUNABLE_EXCESS = {
+    True: f"""
+SELECT {_SUMMARY_COLUMNS} FROM sessions WHERE NOT ({_STALE}) {_OLDEST_FIRST} LIMIT :excess
+""",
+    False: f"SELECT {_SUMMARY_COLUMNS} FROM sessions {_OLDEST_FIRST} LIMIT :excess",
+}
+"""What the count rule deletes (``:excess`` sessions), after the TTL rule or without it
+(the key: whether a TTL applies)."""
 
 DELETE_SESSIONS_UP_TO = "DELETE FROM sessions WHERE (updated_at, id) <= (:updated_at, :id)"
 """Delete the sessions listed at or before a bound from ``OLDEST_SESSIONS_BOUND``."""

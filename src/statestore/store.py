@@ -17,7 +17,7 @@ from sqlalchemy import URL
 from statestore import codec, filestore, queries
 from statestore import migrate as migrations
 from statestore.engine import Synchronous, create_engine, resolve_url
-from statestore.errors import InvalidDataError
+from statestore.errors import InvalidArgumentError
 from statestore.models import MIN_TIMESTAMP
 from statestore.names import (
     SESSIONS_CATEGORY,
@@ -328,7 +328,7 @@ class StateStore(SessionStore):
             days: How many recent UTC days (today included) to report activity for.
         """
         if not isinstance(days, int) or isinstance(days, bool) or days < 1:
-            raise InvalidDataError("days", f"must be an int >= 1, not {days!r}")
+            raise InvalidArgumentError("days", f"must be an int >= 1, not {days!r}")
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         try:
             since = max(today - timedelta(days=days - 1), MIN_TIMESTAMP)
