@@ -16,9 +16,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from statestore.engine import create_engine, resolve_url
+from statestore._engine import create_engine, resolve_url
+from statestore._schema import metadata
 from statestore.migrate import VERSION_TABLE, check_foreign_keys, migrating
-from statestore.schema import metadata
 
 config = context.config
 if config.config_file_name is not None and "connection" not in config.attributes:

@@ -26,7 +26,7 @@ import asyncpg
 import pytest
 from sqlalchemy import URL, make_url
 
-from statestore import StateStore, migrate, runner
+from statestore import StateStore, _runner, migrate
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "filestore-sample"
 
@@ -218,7 +218,7 @@ class Traced:
 def traced(monkeypatch: pytest.MonkeyPatch) -> Traced:
     """Trace each SQLite connection that stores open from now on (stdlib trace callback)."""
     recorded = Traced()
-    connect = runner._connect_sqlite
+    connect = _runner._connect_sqlite
 
     def connect_and_trace(*args: Any) -> sqlite3.Connection:
         connection = connect(*args)
@@ -227,5 +227,5 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> Traced:
         recorded.connections.append((connection, statements))
         return connection
 
-    monkeypatch.setattr(runner, "_connect_sqlite", connect_and_trace)
+    monkeypatch.setattr(_runner, "_connect_sqlite", connect_and_trace)
     return recorded

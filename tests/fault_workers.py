@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from statestore import AgentResponse, PruneConfig, Session, StateStore, UserMessage
-from statestore.engine import Synchronous
+from statestore._engine import Synchronous
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from statestore import StateStore, runner
-from statestore.engine import Synchronous
+from statestore import StateStore, _runner
+from statestore._engine import Synchronous
 
 from .conftest import Traced
 from .fault_workers import CrashStates, crash_ids
@@ -201,7 +201,7 @@ async def test_every_connection_runs_the_chosen_synchronous_level(
     db_path: Path, traced: Traced, monkeypatch: pytest.MonkeyPatch, level: Synchronous
 ) -> None:
     """Writer, readers, checkpointer and engine connections all run the chosen level."""
-    monkeypatch.setattr(runner, "CHECKPOINT_EVERY", 2)  # so the checkpointer connects
+    monkeypatch.setattr(_runner, "CHECKPOINT_EVERY", 2)  # so the checkpointer connects
     async with StateStore.open(db_path, synchronous=level) as store:
         for index in range(6):
             await store.save_markdown("notes", f"n{index}", "text")

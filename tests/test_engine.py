@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage, sql
-from statestore.engine import resolve_url
+from statestore import DatabaseError, InvalidDataError, Session, StateStore, UserMessage, _sql
+from statestore._engine import resolve_url
 
 from .conftest import Traced
 
@@ -157,7 +157,7 @@ async def test_database_errors_are_translated(
     store: StateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure inside the database surfaces as DatabaseError with the cause attached."""
-    monkeypatch.setattr(sql, "UPSERT_MESSAGE", "INSERT INTO no_such_table VALUES (:content)")
+    monkeypatch.setattr(_sql, "UPSERT_MESSAGE", "INSERT INTO no_such_table VALUES (:content)")
 
     session = Session(user_id="u", user_messages=[UserMessage(content="x")])
     with pytest.raises(DatabaseError, match="save_session") as raised:
@@ -182,7 +182,7 @@ async def test_a_failed_read_leaves_the_store_usable(store: StateStore, db_path:
 
 async def test_an_unusable_file_for_a_host_engine_is_a_database_error(tmp_path: Path) -> None:
     """StateStore(engine) on a path SQLite cannot open raises DatabaseError, not sqlite3's."""
-    from statestore.engine import create_engine
+    from statestore._engine import create_engine
 
     engine = create_engine(resolve_url(tmp_path))  # a directory, not a file
     try:

@@ -19,8 +19,8 @@ from statestore import (
     Session,
     StateStore,
     UserMessage,
+    _ops,
     filestore,
-    queries,
 )
 from tests.conftest import SAMPLE_DIR, Traced
 
@@ -232,7 +232,7 @@ async def test_document_takes_its_file_modification_time(store: StateStore, tmp_
     moment = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
     os.utime(root / "notes/a.md", (moment.timestamp(), moment.timestamp()))
     await store.import_directory(root)
-    rows = await store._read("test", lambda tx: queries.documents_in(tx, "notes"))
+    rows = await store._read("test", lambda tx: _ops.documents_in(tx, "notes"))
     assert rows == [("a", "markdown", "text", moment)]
 
 
@@ -258,9 +258,9 @@ async def test_a_failed_batch_leaves_whole_sessions_and_a_rerun_finishes(
         _write(root, f"sessions/s{index}.json", json.dumps(body))
     monkeypatch.setattr(filestore, "IMPORT_BATCH", 4)
     calls = 0
-    import_sessions = queries.import_sessions
+    import_sessions = _ops.import_sessions
 
-    def failing_second_batch(tx: Any, items: Any, **options: Any) -> queries.ImportCounts:
+    def failing_second_batch(tx: Any, items: Any, **options: Any) -> _ops.ImportCounts:
         nonlocal calls
         calls += 1
         result = import_sessions(tx, items, **options)  # write the rows, then fail before commit
@@ -268,7 +268,7 @@ async def test_a_failed_batch_leaves_whole_sessions_and_a_rerun_finishes(
             raise OSError("simulated crash")
         return result
 
-    monkeypatch.setattr(queries, "import_sessions", failing_second_batch)
+    monkeypatch.setattr(_ops, "import_sessions", failing_second_batch)
     with pytest.raises(DatabaseError, match="simulated crash"):
         await store.import_directory(root)
     stored = sorted(summary.id for summary in await store.list_sessions())
@@ -278,7 +278,7 @@ async def test_a_failed_batch_leaves_whole_sessions_and_a_rerun_finishes(
         assert session is not None
         assert len(session.user_messages) == 3
 
-    monkeypatch.setattr(queries, "import_sessions", import_sessions)
+    monkeypatch.setattr(_ops, "import_sessions", import_sessions)
     report = await store.import_directory(root)
     assert (report.sessions_added, report.sessions_unchanged) == (6, 4)
     assert len(await store.list_sessions()) == 10

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from statestore import migrate
-from statestore.schema import metadata
+from statestore._schema import metadata
 
 HOST_PROJECT = Path(__file__).parent / "host_project"
 STATESTORE_TABLES = {*metadata.tables, migrate.VERSION_TABLE}

@@ -23,7 +23,7 @@ from statestore import (
     StateStore,
     UserMessage,
 )
-from statestore import sql as statements
+from statestore import _sql as statements
 from statestore.codec import SQLITE_TIME
 from statestore.models import SessionTail
 
@@ -357,7 +357,7 @@ async def test_summary_stays_exact_after_update_session_with(store: StateStore) 
 # -- query plans ------------------------------------------------------------------------
 
 # The conditions StateStore.list_sessions builds, copied from store.py (a test below checks
-# they are still there), joined as statestore.queries.list_summaries joins them.
+# they are still there), joined as statestore._ops.list_summaries joins them.
 USER_CONDITION = "user_id = :user_id"
 PROJECT_CONDITION = "project_id = :project_id"
 AFTER_CONDITION = "(updated_at, id) < (:after_updated_at, :after_id)"

@@ -14,8 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from statestore import StateStore
+from statestore._schema import metadata
 from statestore.migrate import VERSION_TABLE, alembic_config
-from statestore.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = set(metadata.tables)

@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection
 
 from statestore import Session, StateStore, UserMessage, migrate
-from statestore.schema import metadata
+from statestore._schema import metadata
 
 from .conftest import run_apart, server_dsn
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from sqlalchemy import URL, text
 
-from statestore import AgentResponse, Session, StateStore, UserMessage, migrate, sql
+from statestore import AgentResponse, Session, StateStore, UserMessage, _sql, migrate
+from statestore._engine import create_engine
 from statestore.codec import SQLITE_TIME
-from statestore.engine import create_engine
 from tests.conftest import own_database, run_apart
 from tests.test_listing import T0
 
@@ -191,25 +191,25 @@ async def pg_plan(
 
 PG_QUERIES = [
     pytest.param(
-        sql.SESSION_SUMMARIES.format(where="WHERE user_id = :user_id", limit="LIMIT 50"),
+        _sql.SESSION_SUMMARIES.format(where="WHERE user_id = :user_id", limit="LIMIT 50"),
         {"user_id": "user-7"},
         "ix_sessions_user_id_updated_at_id",
         id="per-user-listing",
     ),
     pytest.param(
-        sql.SESSION_SUMMARIES.format(where="", limit="LIMIT 50"),
+        _sql.SESSION_SUMMARIES.format(where="", limit="LIMIT 50"),
         {},
         "ix_sessions_updated_at_id",
         id="newest-50",
     ),
     pytest.param(
-        sql.SELECT_MESSAGES,
+        _sql.SELECT_MESSAGES,
         {"session_id": "s1234", "start": 0},
         "pk_messages",
         id="per-session-messages",
     ),
     pytest.param(
-        sql.SELECT_RESPONSES,
+        _sql.SELECT_RESPONSES,
         {"session_id": "s1234", "start": 0},
         "pk_responses",
         id="per-session-responses",

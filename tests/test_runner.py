@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from statestore import DatabaseError, Session, StateStore, StateStoreError, runner
+from statestore import DatabaseError, Session, StateStore, StateStoreError, _runner
 
 from .conftest import Traced
 from .test_store import make_session
@@ -146,7 +146,7 @@ async def test_close_finishes_queued_saves(db_path: Path) -> None:
 async def test_in_memory_sqlite_is_refused() -> None:
     """An in-memory database cannot be shared by the store's threads: a clear error."""
     from statestore import InvalidDataError
-    from statestore.engine import create_engine, resolve_url
+    from statestore._engine import create_engine, resolve_url
 
     engine = create_engine(resolve_url("sqlite+aiosqlite:///:memory:"))
     try:
@@ -162,7 +162,7 @@ async def test_wal_checkpoints_run_beside_the_writer_not_inside_commits(
     """The writer's automatic checkpoints are off; another connection checkpoints instead."""
     checkpoint = "PRAGMA wal_checkpoint(PASSIVE)"
     async with StateStore.open(db_path) as store:
-        for index in range(runner.CHECKPOINT_EVERY + 5):
+        for index in range(_runner.CHECKPOINT_EVERY + 5):
             await store.save_session(make_session(f"u{index}"))
         writer = traced.of(0)
         assert "PRAGMA wal_autocheckpoint = 0" in writer

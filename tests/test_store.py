@@ -24,7 +24,7 @@ from statestore import (
     StateStore,
     StoreClosedError,
     UserMessage,
-    queries,
+    _ops,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -551,7 +551,7 @@ async def test_background_prune_errors_are_logged(
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise DatabaseError("prune_sessions failed: simulated")
 
-    monkeypatch.setattr(queries, "prune_pending", broken)
+    monkeypatch.setattr(_ops, "prune_pending", broken)
     with caplog.at_level(logging.ERROR, logger="statestore"):
         await store._prune_in_background(PruneConfig(max_sessions=1, ttl_hours=1))
 
@@ -588,7 +588,7 @@ async def test_wrapping_a_host_engine_leaves_it_usable(db_path: Path) -> None:
     """StateStore(engine) works on the host's engine and does not dispose of it on close."""
     from sqlalchemy import text
 
-    from statestore.engine import create_engine, resolve_url
+    from statestore._engine import create_engine, resolve_url
     from statestore.migrate import upgrade
 
     engine = create_engine(resolve_url(db_path))

@@ -16,7 +16,7 @@ branch_labels: str | Sequence[str] | None = ("statestore",)
 depends_on: str | Sequence[str] | None = None
 
 # Every timestamp column is UTC: text 'YYYY-MM-DD HH:MM:SS.ffffff' on SQLite, timestamptz
-# on PostgreSQL (see statestore.schema.UTCDateTime).
+# on PostgreSQL (see statestore._schema.UTCDateTime).
 Timestamp = sa.DateTime(timezone=True)
 
 

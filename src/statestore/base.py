@@ -15,18 +15,18 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore import codec, queries
-from statestore.engine import Synchronous, prepare_engine
-from statestore.errors import InvalidArgumentError, ReentrantWriteError, StoreClosedError
-from statestore.models import RowLog, Session, StoredState
-from statestore.runner import (
+from statestore import _ops, codec
+from statestore._engine import Synchronous, prepare_engine
+from statestore._runner import (
     AlchemyRunner,
     Runner,
     SQLiteRunner,
     acquire_sqlite_runner,
     release_sqlite_runner,
 )
-from statestore.tx import Tx
+from statestore._tx import Tx
+from statestore.errors import InvalidArgumentError, ReentrantWriteError, StoreClosedError
+from statestore.models import RowLog, Session, StoredState
 
 __all__ = ["StoreBase", "forget_unless_stored"]
 
@@ -145,7 +145,7 @@ class StoreBase:
         """Run a write; ``key`` (a session id) keeps it in order with that session's saves."""
         return await asyncio.shield(self._submit(operation, body, key=key))
 
-    def _save_job(self, session: Session) -> tuple[queries.SaveJob, StoredState | None]:
+    def _save_job(self, session: Session) -> tuple[_ops.SaveJob, StoredState | None]:
         """Check a session and capture its save; return it and the session's new record.
 
         The job holds the whole state at this moment as rows: the appended rows are built
@@ -176,7 +176,7 @@ class StoreBase:
             stored_responses,
             codec.response_rows(session.id, responses[response_start:], self._time, response_start),
         )
-        job = queries.SaveJob(
+        job = _ops.SaveJob(
             session_id=session.id,
             session_row=row,
             expected_token=expected,

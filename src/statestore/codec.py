@@ -15,7 +15,7 @@ with an :class:`InvalidDataError` naming the field, and the stored state stays a
 Coming out, rows are trusted (they passed these checks) and become models without being
 validated again.
 
-Rows here are in storage form, the parameters of the statements in :mod:`statestore.sql`:
+Rows here are in storage form, the parameters of the statements in :mod:`statestore._sql`:
 JSON as text, timestamps as the backend stores them (a :data:`TimeCodec` says how).
 """
 
@@ -379,7 +379,7 @@ def _as_json_text(value: Any) -> str | None:
 
 
 def _stored_message_params(session_id: str) -> Callable[[Sequence[Any]], dict[str, Any]]:
-    """Turn ``sql.SELECT_MESSAGES`` rows back into ``sql.UPSERT_MESSAGE`` parameters."""
+    """Turn ``_sql.SELECT_MESSAGES`` rows back into ``_sql.UPSERT_MESSAGE`` parameters."""
 
     def params(row: Sequence[Any]) -> dict[str, Any]:
         return {
@@ -394,7 +394,7 @@ def _stored_message_params(session_id: str) -> Callable[[Sequence[Any]], dict[st
 
 
 def _stored_response_params(session_id: str) -> Callable[[Sequence[Any]], dict[str, Any]]:
-    """Turn ``sql.SELECT_RESPONSES`` rows back into ``sql.UPSERT_RESPONSE`` parameters."""
+    """Turn ``_sql.SELECT_RESPONSES`` rows back into ``_sql.UPSERT_RESPONSE`` parameters."""
 
     def params(row: Sequence[Any]) -> dict[str, Any]:
         return {
@@ -452,7 +452,7 @@ def session_from_rows(
     response_rows: Sequence[Sequence[Any]],
     time: TimeCodec,
 ) -> Session:
-    """Build a :class:`Session` from its row (``sql.LOAD_SESSION``) and its child rows.
+    """Build a :class:`Session` from its row (``_sql.LOAD_SESSION``) and its child rows.
 
     The session remembers the state it was loaded as, rows included, so saving it after
     appending writes only the appended rows.
@@ -507,7 +507,7 @@ def tail_from_rows(
 
 
 def summary_from_row(row: Sequence[Any], time: TimeCodec) -> SessionSummary:
-    """Build a :class:`SessionSummary` from a ``sql.SESSION_SUMMARIES`` row."""
+    """Build a :class:`SessionSummary` from a ``_sql.SESSION_SUMMARIES`` row."""
     return build(
         SessionSummary,
         {

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from statestore import codec, queries
+from statestore import _ops, codec
+from statestore._tx import Tx
 from statestore.errors import InvalidArgumentError, InvalidDataError, InvalidNameError
 from statestore.models import Session
 from statestore.names import SESSIONS_CATEGORY, check_category, check_name
-from statestore.tx import Tx
 
 if TYPE_CHECKING:
     from statestore.store import StateStore
@@ -262,9 +262,9 @@ Progress = Callable[[int, int], None]
 
 def _read_batch(
     store: StateStore, root: Path, paths: list[str], skipped: list[SkippedFile]
-) -> tuple[list[tuple[queries.SaveJob, Session]], list[dict[str, Any]]]:
+) -> tuple[list[tuple[_ops.SaveJob, Session]], list[dict[str, Any]]]:
     """Read, check and turn into rows one batch of files (in a worker thread)."""
-    sessions: list[tuple[queries.SaveJob, Session]] = []
+    sessions: list[tuple[_ops.SaveJob, Session]] = []
     documents: list[dict[str, Any]] = []
     for path in paths:
         read = read_file(root, path)
@@ -292,13 +292,13 @@ def _read_batch(
 
 def _import_batch(
     tx: Tx,
-    sessions: list[tuple[queries.SaveJob, Session]],
+    sessions: list[tuple[_ops.SaveJob, Session]],
     documents: list[dict[str, Any]],
     replace_newer: bool,
-) -> tuple[queries.ImportCounts, queries.ImportCounts]:
+) -> tuple[_ops.ImportCounts, _ops.ImportCounts]:
     return (
-        queries.import_sessions(tx, sessions, replace_newer=replace_newer),
-        queries.import_documents(tx, documents, replace_newer=replace_newer),
+        _ops.import_sessions(tx, sessions, replace_newer=replace_newer),
+        _ops.import_documents(tx, documents, replace_newer=replace_newer),
     )
 
 
@@ -420,9 +420,7 @@ async def export_directory(
         if progress is not None:
             progress(start + len(loaded), total)
     for done, category in enumerate(categories, start=1):
-        rows = await store._read(
-            "export_directory", partial(queries.documents_in, category=category)
-        )
+        rows = await store._read("export_directory", partial(_ops.documents_in, category=category))
         report.documents += await asyncio.to_thread(
             _write_documents, root, category, rows, report.skipped
         )

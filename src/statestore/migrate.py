@@ -45,9 +45,9 @@ from sqlalchemy import URL
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from statestore.engine import MIGRATE_OPTION, create_engine, resolve_url
+from statestore._engine import MIGRATE_OPTION, create_engine, resolve_url
+from statestore._schema import metadata
 from statestore.errors import MigrationError, SchemaVersionError, database_errors
-from statestore.schema import metadata
 
 __all__ = [
     "VERSION_TABLE",

@@ -10,13 +10,13 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from statestore import codec, queries
+from statestore import _ops, codec
+from statestore._tx import Tx
 from statestore.base import StoreBase, forget_unless_stored, updating_runner
 from statestore.errors import InvalidArgumentError, InvalidDataError
 from statestore.models import Session, SessionSummary, SessionTail
 from statestore.names import check_name
 from statestore.prune import PruneConfig, PruneThrottle
-from statestore.tx import Tx
 
 __all__ = ["PRUNE_BATCH", "SessionStore", "SessionUpdate"]
 
@@ -91,7 +91,7 @@ class SessionStore(StoreBase):
         def queue() -> asyncio.Future[None]:
             done = self._runner.submit_batched(
                 "save_session",
-                queries.save_sessions,
+                _ops.save_sessions,
                 job,
                 session.id,
                 busy_timeout=self._busy_timeout,
@@ -113,9 +113,7 @@ class SessionStore(StoreBase):
     async def load_session(self, session_id: str) -> Session | None:
         """Return the stored session with this id, or ``None`` if there is none."""
         check_name(session_id, kind="session id")
-        return await self._read(
-            "load_session", partial(queries.load_session, session_id=session_id)
-        )
+        return await self._read("load_session", partial(_ops.load_session, session_id=session_id))
 
     async def load_tail(self, session_id: str, count: int) -> SessionTail | None:
         """Return a session's last ``count`` messages and responses with their positions.
@@ -127,7 +125,7 @@ class SessionStore(StoreBase):
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise InvalidArgumentError("count", f"must be an int >= 0, not {count!r}")
         return await self._read(
-            "load_tail", partial(queries.load_tail, session_id=session_id, count=count)
+            "load_tail", partial(_ops.load_tail, session_id=session_id, count=count)
         )
 
     async def list_sessions(
@@ -175,7 +173,7 @@ class SessionStore(StoreBase):
             _check_count("limit", limit)
         return await self._read(
             "list_sessions",
-            partial(queries.list_summaries, conditions=conditions, params=params, limit=limit),
+            partial(_ops.list_summaries, conditions=conditions, params=params, limit=limit),
         )
 
     async def iter_sessions(
@@ -206,7 +204,7 @@ class SessionStore(StoreBase):
         """Delete a session with its messages and responses; return whether it existed."""
         check_name(session_id, kind="session id")
         return await self._write(
-            "delete_session", partial(queries.delete_session, session_id=session_id), key=session_id
+            "delete_session", partial(_ops.delete_session, session_id=session_id), key=session_id
         )
 
     async def get_or_create_session(self, user_id: str, session_id: str | None = None) -> Session:
@@ -223,9 +221,9 @@ class SessionStore(StoreBase):
         job, record = self._save_job(new_session)
 
         def body(tx: Tx) -> Session | None:
-            if queries.insert_session_if_missing(tx, job.session_row):
+            if _ops.insert_session_if_missing(tx, job.session_row):
                 return None
-            return queries.load_session(tx, new_session.id)
+            return _ops.load_session(tx, new_session.id)
 
         done = self._submit("get_or_create_session", body, key=new_session.id)
         done.add_done_callback(partial(forget_unless_stored, new_session, record))
@@ -252,7 +250,7 @@ class SessionStore(StoreBase):
             raise InvalidArgumentError("fn", f"must be a function of the session, not {fn!r}")
         outcome: dict[str, Any] = {}
 
-        async def apply(session: Session) -> queries.SaveJob:
+        async def apply(session: Session) -> _ops.SaveJob:
             marker = updating_runner.set(self._runner)
             try:
                 returned = fn(session)
@@ -269,10 +267,10 @@ class SessionStore(StoreBase):
             return job
 
         def body(tx: Tx) -> bool:
-            session = queries.load_session(tx, session_id, lock=True)
+            session = _ops.load_session(tx, session_id, lock=True)
             if session is None:
                 return False
-            queries.save_sessions(tx, [tx.call_in_loop(apply(session))])
+            _ops.save_sessions(tx, [tx.call_in_loop(apply(session))])
             return True
 
         def settled(done: asyncio.Future[bool]) -> None:
@@ -296,9 +294,7 @@ class SessionStore(StoreBase):
             How many sessions were deleted.
         """
         codec.check_text("user_id", user_id)
-        return await self._write(
-            "delete_user", partial(queries.delete_user_sessions, user_id=user_id)
-        )
+        return await self._write("delete_user", partial(_ops.delete_user_sessions, user_id=user_id))
 
     async def prune_sessions(self, config: PruneConfig) -> int:
         """Delete old sessions and return how many were deleted.
@@ -312,7 +308,7 @@ class SessionStore(StoreBase):
         cutoff = config.cutoff()
         pending = await self._read(
             "prune_sessions",
-            partial(queries.prune_pending, cutoff=cutoff, max_sessions=config.max_sessions),
+            partial(_ops.prune_pending, cutoff=cutoff, max_sessions=config.max_sessions),
         )
         if not pending:
             return 0
@@ -323,14 +319,14 @@ class SessionStore(StoreBase):
         if cutoff is not None:
             while removed := await self._write(
                 "prune_sessions",
-                partial(queries.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
+                partial(_ops.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
             ):
                 deleted += removed
         if config.max_sessions:
             while removed := await self._write(
                 "prune_sessions",
                 partial(
-                    queries.delete_excess_sessions,
+                    _ops.delete_excess_sessions,
                     max_sessions=config.max_sessions,
                     batch=PRUNE_BATCH,
                 ),
@@ -349,7 +345,7 @@ class SessionStore(StoreBase):
         return await self._read(
             "prunable_sessions",
             partial(
-                queries.prunable_sessions,
+                _ops.prunable_sessions,
                 cutoff=config.cutoff(),
                 max_sessions=config.max_sessions,
             ),

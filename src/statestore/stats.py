@@ -6,9 +6,9 @@ from datetime import date, datetime
 
 from pydantic import BaseModel
 
-from statestore import sql
+from statestore import _sql
+from statestore._tx import Tx
 from statestore.models import UTCTimestamp
-from statestore.tx import Tx
 
 __all__ = ["DayActivity", "SeedPassRate", "StoreStats", "read_stats"]
 
@@ -60,16 +60,16 @@ def _day(value: object) -> date:
 
 def read_stats(tx: Tx, since: datetime) -> StoreStats:
     """Read the store's numbers; ``days`` counts activity from ``since`` on."""
-    sessions, users, messages, responses, first, last = tx.rows(sql.STATS_TOTALS, {})[0]
-    documents = tx.rows(sql.COUNT_DOCUMENTS, {})[0][0]
+    sessions, users, messages, responses, first, last = tx.rows(_sql.STATS_TOTALS, {})[0]
+    documents = tx.rows(_sql.COUNT_DOCUMENTS, {})[0][0]
     pass_rates = [
         SeedPassRate(seed_id=seed_id, evaluated=evaluated, passed=passed)
-        for seed_id, evaluated, passed in tx.rows(sql.STATS_PASS_RATES, {})
+        for seed_id, evaluated, passed in tx.rows(_sql.STATS_PASS_RATES, {})
     ]
     days = [
         DayActivity(day=_day(day), messages=day_messages, sessions=day_sessions, users=day_users)
         for day, day_messages, day_sessions, day_users in tx.rows(
-            sql.STATS_DAYS[tx.dialect], {"since": tx.time.bind(since)}
+            _sql.STATS_DAYS[tx.dialect], {"since": tx.time.bind(since)}
         )
     ]
     return StoreStats(

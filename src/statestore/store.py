@@ -14,9 +14,10 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel
 from sqlalchemy import URL
 
-from statestore import codec, filestore, queries
+from statestore import _ops, codec, filestore
 from statestore import migrate as migrations
-from statestore.engine import Synchronous, create_engine, resolve_url
+from statestore._engine import Synchronous, create_engine, resolve_url
+from statestore._tx import Tx
 from statestore.errors import InvalidArgumentError
 from statestore.models import MIN_TIMESTAMP
 from statestore.names import (
@@ -28,7 +29,6 @@ from statestore.names import (
 )
 from statestore.sessions import SessionStore
 from statestore.stats import StoreStats, read_stats
-from statestore.tx import Tx
 
 __all__ = ["StateStore"]
 
@@ -139,7 +139,7 @@ class StateStore(SessionStore):
         await self._write(
             "save_document",
             partial(
-                queries.save_document,
+                _ops.save_document,
                 category=category,
                 name=name,
                 kind=kind,
@@ -151,7 +151,7 @@ class StateStore(SessionStore):
     async def _load_document(self, category: str, name: str, kind: str) -> str | None:
         return await self._read(
             "load_document",
-            partial(queries.load_document, category=category, name=name, kind=kind),
+            partial(_ops.load_document, category=category, name=name, kind=kind),
         )
 
     async def save_markdown(self, category: str, name: str, content: str) -> None:
@@ -220,9 +220,9 @@ class StateStore(SessionStore):
         check_category(category)
 
         def body(tx: Tx) -> list[str]:
-            names = set(queries.list_document_names(tx, category))
+            names = set(_ops.list_document_names(tx, category))
             if category == SESSIONS_CATEGORY:
-                names.update(queries.list_session_ids(tx))
+                names.update(_ops.list_session_ids(tx))
             return sorted(names)
 
         return await self._read("list_category", body)
@@ -232,7 +232,7 @@ class StateStore(SessionStore):
 
         ``sessions`` is listed only when it holds markdown documents.
         """
-        return await self._read("list_categories", queries.list_categories)
+        return await self._read("list_categories", _ops.list_categories)
 
     async def delete_file(self, category: str, name: str) -> bool:
         """Delete the JSON document of that name if present, else the markdown one.
@@ -245,10 +245,10 @@ class StateStore(SessionStore):
 
         def body(tx: Tx) -> bool:
             if category == SESSIONS_CATEGORY:
-                deleted_json = queries.delete_session(tx, name)
+                deleted_json = _ops.delete_session(tx, name)
             else:
-                deleted_json = queries.delete_document(tx, category, name, "json")
-            return deleted_json or queries.delete_document(tx, category, name, "markdown")
+                deleted_json = _ops.delete_document(tx, category, name, "json")
+            return deleted_json or _ops.delete_document(tx, category, name, "markdown")
 
         return await self._write("delete_file", body)
 

@@ -1,7 +1,7 @@
 """The transaction bodies: what each repository operation does inside one transaction.
 
-Each function takes a :class:`~statestore.tx.Tx` and runs statements from
-:mod:`statestore.sql`; :mod:`statestore.runner` decides which thread or connection that is.
+Each function takes a :class:`~statestore._tx.Tx` and runs statements from
+:mod:`statestore._sql`; :mod:`statestore._runner` decides which thread or connection that is.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from statestore import codec, sql
+from statestore import _sql, codec
+from statestore._tx import Tx
 from statestore.models import RowLog, Session, SessionSummary, SessionTail
-from statestore.tx import Tx
 
 __all__ = [
     "ImportCounts",
@@ -104,9 +104,9 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
             appended_responses.extend(job.appended_responses())
         else:
             whole.append(job)
-    tx.run_many(sql.UPSERT_SESSION, [job.session_row for job in items])
-    tx.run_many(sql.INSERT_MESSAGE, appended_messages)
-    tx.run_many(sql.INSERT_RESPONSE, appended_responses)
+    tx.run_many(_sql.UPSERT_SESSION, [job.session_row for job in items])
+    tx.run_many(_sql.INSERT_MESSAGE, appended_messages)
+    tx.run_many(_sql.INSERT_RESPONSE, appended_responses)
     for job in whole:
         _rewrite_children(tx, job)
 
@@ -114,7 +114,7 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
 def _count_first(tx: Tx) -> None:
     """On PostgreSQL, lock the session counter before any session row (see the SQL)."""
     if tx.dialect == "postgresql":
-        tx.rows(sql.LOCK_SESSION_COUNT)
+        tx.rows(_sql.LOCK_SESSION_COUNT)
 
 
 def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
@@ -124,7 +124,7 @@ def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
     two transactions never wait on each other in a circle): a concurrent save of one of
     these sessions waits, and then this one sees its token, not the one before it.
     """
-    statement = sql.SESSION_TOKENS
+    statement = _sql.SESSION_TOKENS
     if tx.dialect == "postgresql":
         statement += " FOR UPDATE"
     ordered = sorted(session_ids)
@@ -178,9 +178,9 @@ def import_sessions(
             kept += 1
         else:
             changed.append(job)
-    tx.run_many(sql.UPSERT_SESSION, [job.session_row for job in added])
-    tx.run_many(sql.INSERT_MESSAGE, [row for job in added for row in job.message_rows.params()])
-    tx.run_many(sql.INSERT_RESPONSE, [row for job in added for row in job.response_rows.params()])
+    tx.run_many(_sql.UPSERT_SESSION, [job.session_row for job in added])
+    tx.run_many(_sql.INSERT_MESSAGE, [row for job in added for row in job.message_rows.params()])
+    tx.run_many(_sql.INSERT_RESPONSE, [row for job in added for row in job.response_rows.params()])
     save_sessions(tx, changed)
     unchanged = len(items) - len(added) - len(changed) - kept
     return ImportCounts(len(added), len(changed), unchanged, kept)
@@ -189,25 +189,25 @@ def import_sessions(
 def delete_user_sessions(tx: Tx, user_id: str) -> int:
     """Delete every session of one user (with their rows); return how many."""
     _count_first(tx)
-    return tx.run(sql.DELETE_USER_SESSIONS, {"user_id": user_id})
+    return tx.run(_sql.DELETE_USER_SESSIONS, {"user_id": user_id})
 
 
 def _rewrite_children(tx: Tx, job: SaveJob) -> None:
     session_id = job.session_id
     message_rows, response_rows = job.message_rows.params(), job.response_rows.params()
-    tx.run(sql.DELETE_MESSAGES_FROM, {"session_id": session_id, "position": len(message_rows)})
-    tx.run(sql.DELETE_RESPONSES_FROM, {"session_id": session_id, "position": len(response_rows)})
-    tx.run_many(sql.UPSERT_MESSAGE, message_rows)
-    tx.run_many(sql.UPSERT_RESPONSE, response_rows)
+    tx.run(_sql.DELETE_MESSAGES_FROM, {"session_id": session_id, "position": len(message_rows)})
+    tx.run(_sql.DELETE_RESPONSES_FROM, {"session_id": session_id, "position": len(response_rows)})
+    tx.run_many(_sql.UPSERT_MESSAGE, message_rows)
+    tx.run_many(_sql.UPSERT_RESPONSE, response_rows)
 
 
 def insert_session_if_missing(tx: Tx, row: dict[str, Any]) -> bool:
     """Insert a new session row unless one with its id exists; return whether it did."""
-    return tx.run(sql.INSERT_SESSION_IF_MISSING, row) > 0
+    return tx.run(_sql.INSERT_SESSION_IF_MISSING, row) > 0
 
 
 def _session_row(tx: Tx, session_id: str, *, lock: bool) -> Any:
-    statement = sql.LOAD_SESSION
+    statement = _sql.LOAD_SESSION
     if lock and tx.dialect == "postgresql":
         statement += " FOR UPDATE"
     rows = tx.rows(statement, {"id": session_id})
@@ -220,8 +220,8 @@ def load_session(tx: Tx, session_id: str, *, lock: bool = False) -> Session | No
     if row is None:
         return None
     start = {"session_id": session_id, "start": 0}
-    message_rows = tx.rows(sql.SELECT_MESSAGES, start) if row[4] else ()
-    response_rows = tx.rows(sql.SELECT_RESPONSES, start) if row[5] else ()
+    message_rows = tx.rows(_sql.SELECT_MESSAGES, start) if row[4] else ()
+    response_rows = tx.rows(_sql.SELECT_RESPONSES, start) if row[5] else ()
     return codec.session_from_rows(row, message_rows, response_rows, tx.time)
 
 
@@ -232,9 +232,9 @@ def load_tail(tx: Tx, session_id: str, count: int) -> SessionTail | None:
         return None
     message_start = max(0, row[4] - count)
     response_start = max(0, row[5] - count)
-    message_rows = tx.rows(sql.SELECT_MESSAGES, {"session_id": session_id, "start": message_start})
+    message_rows = tx.rows(_sql.SELECT_MESSAGES, {"session_id": session_id, "start": message_start})
     response_rows = tx.rows(
-        sql.SELECT_RESPONSES, {"session_id": session_id, "start": response_start}
+        _sql.SELECT_RESPONSES, {"session_id": session_id, "start": response_start}
     )
     return codec.tail_from_rows(
         row, message_start, response_start, message_rows, response_rows, tx.time
@@ -247,7 +247,7 @@ def list_summaries(
     """List summaries matching every SQL condition, newest first, at most ``limit``."""
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     page = "LIMIT :limit" if limit is not None else ""
-    statement = sql.SESSION_SUMMARIES.format(where=where, limit=page)
+    statement = _sql.SESSION_SUMMARIES.format(where=where, limit=page)
     rows = tx.rows(statement, {**params, "limit": limit} if limit is not None else params)
     time = tx.time
     return [codec.summary_from_row(row, time) for row in rows]
@@ -256,20 +256,20 @@ def list_summaries(
 def delete_session(tx: Tx, session_id: str) -> bool:
     """Delete a session (its children go by cascade); return whether it existed."""
     _count_first(tx)
-    return tx.run(sql.DELETE_SESSION, {"id": session_id}) > 0
+    return tx.run(_sql.DELETE_SESSION, {"id": session_id}) > 0
 
 
 def list_session_ids(tx: Tx) -> list[str]:
     """Return every session id."""
-    return [row[0] for row in tx.rows(sql.LIST_SESSION_IDS)]
+    return [row[0] for row in tx.rows(_sql.LIST_SESSION_IDS)]
 
 
 def prune_pending(tx: Tx, cutoff: datetime | None, max_sessions: int) -> bool:
     """Return whether a prune would delete anything, with two indexed lookups."""
-    if cutoff is not None and tx.rows(sql.STALE_SESSION_EXISTS, {"cutoff": tx.time.bind(cutoff)}):
+    if cutoff is not None and tx.rows(_sql.STALE_SESSION_EXISTS, {"cutoff": tx.time.bind(cutoff)}):
         return True
     if max_sessions:
-        [(count,)] = tx.rows(sql.COUNT_SESSIONS)
+        [(count,)] = tx.rows(_sql.COUNT_SESSIONS)
         return bool(count > max_sessions)
     return False
 
@@ -281,12 +281,12 @@ def prunable_sessions(tx: Tx, cutoff: datetime | None, max_sessions: int) -> lis
     params: dict[str, Any] = {}
     if cutoff is not None:
         params["cutoff"] = time.bind(cutoff)
-        going = [codec.summary_from_row(row, time) for row in tx.rows(sql.PRUNABLE_STALE, params)]
+        going = [codec.summary_from_row(row, time) for row in tx.rows(_sql.PRUNABLE_STALE, params)]
     if max_sessions:
-        [(count,)] = tx.rows(sql.COUNT_SESSIONS)
+        [(count,)] = tx.rows(_sql.COUNT_SESSIONS)
         excess = count - len(going) - max_sessions
         if excess > 0:
-            rows = tx.rows(sql.PRUNABLE_EXCESS[cutoff is not None], {**params, "excess": excess})
+            rows = tx.rows(_sql.PRUNABLE_EXCESS[cutoff is not None], {**params, "excess": excess})
             going += [codec.summary_from_row(row, time) for row in rows]
     return going
 
@@ -294,7 +294,7 @@ def prunable_sessions(tx: Tx, cutoff: datetime | None, max_sessions: int) -> lis
 def delete_stale_sessions(tx: Tx, cutoff: datetime, batch: int) -> int:
     """Delete up to ``batch`` of the sessions last updated before ``cutoff``, oldest first."""
     _count_first(tx)
-    return tx.run(sql.DELETE_STALE_SESSIONS, {"cutoff": tx.time.bind(cutoff), "batch": batch})
+    return tx.run(_sql.DELETE_STALE_SESSIONS, {"cutoff": tx.time.bind(cutoff), "batch": batch})
 
 
 def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:
@@ -304,22 +304,22 @@ def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:
     a session that a concurrent save makes newer than that is kept: a prune never deletes
     a session newer than one it keeps.
     """
-    statement = sql.LOCK_SESSION_COUNT if tx.dialect == "postgresql" else sql.COUNT_SESSIONS
+    statement = _sql.LOCK_SESSION_COUNT if tx.dialect == "postgresql" else _sql.COUNT_SESSIONS
     [(count,)] = tx.rows(statement)
     excess = count - max_sessions
     if excess <= 0:
         return 0
-    bound = tx.rows(sql.OLDEST_SESSIONS_BOUND, {"offset": min(excess, batch) - 1})
+    bound = tx.rows(_sql.OLDEST_SESSIONS_BOUND, {"offset": min(excess, batch) - 1})
     if not bound:
         return 0
     [(updated_at, session_id)] = bound
-    return tx.run(sql.DELETE_SESSIONS_UP_TO, {"updated_at": updated_at, "id": session_id})
+    return tx.run(_sql.DELETE_SESSIONS_UP_TO, {"updated_at": updated_at, "id": session_id})
 
 
 def save_document(tx: Tx, category: str, name: str, kind: str, content: str, now: datetime) -> None:
     """Insert or replace one document (its ``created_at`` stays)."""
     tx.run(
-        sql.UPSERT_DOCUMENT,
+        _sql.UPSERT_DOCUMENT,
         {
             "category": category,
             "name": name,
@@ -340,7 +340,7 @@ def import_documents(tx: Tx, rows: list[dict[str, Any]], *, replace_newer: bool)
     added = updated = kept = 0
     for row in rows:
         found = tx.rows(
-            sql.LOAD_DOCUMENT_STAMPED,
+            _sql.LOAD_DOCUMENT_STAMPED,
             {"category": row["category"], "name": row["name"], "kind": row["kind"]},
         )
         if not found:
@@ -353,13 +353,13 @@ def import_documents(tx: Tx, rows: list[dict[str, Any]], *, replace_newer: bool)
                 kept += 1
                 continue
             updated += 1
-        tx.run(sql.UPSERT_DOCUMENT, row)
+        tx.run(_sql.UPSERT_DOCUMENT, row)
     return ImportCounts(added, updated, len(rows) - added - updated - kept, kept)
 
 
 def list_categories(tx: Tx) -> list[str]:
     """Return every category that holds a document, sorted."""
-    return [row[0] for row in tx.rows(sql.LIST_CATEGORIES, {})]
+    return [row[0] for row in tx.rows(_sql.LIST_CATEGORIES, {})]
 
 
 def documents_in(tx: Tx, category: str) -> list[tuple[str, str, str, datetime]]:
@@ -367,22 +367,22 @@ def documents_in(tx: Tx, category: str) -> list[tuple[str, str, str, datetime]]:
     return [
         (name, kind, content, tx.time.read(updated_at))
         for name, kind, content, updated_at in tx.rows(
-            sql.DOCUMENTS_IN_CATEGORY, {"category": category}
+            _sql.DOCUMENTS_IN_CATEGORY, {"category": category}
         )
     ]
 
 
 def load_document(tx: Tx, category: str, name: str, kind: str) -> str | None:
     """Return one document's content, or ``None``."""
-    rows = tx.rows(sql.LOAD_DOCUMENT, {"category": category, "name": name, "kind": kind})
+    rows = tx.rows(_sql.LOAD_DOCUMENT, {"category": category, "name": name, "kind": kind})
     return rows[0][0] if rows else None
 
 
 def list_document_names(tx: Tx, category: str) -> list[str]:
     """Return the names of a category's documents (a name may appear once per kind)."""
-    return [row[0] for row in tx.rows(sql.LIST_DOCUMENT_NAMES, {"category": category})]
+    return [row[0] for row in tx.rows(_sql.LIST_DOCUMENT_NAMES, {"category": category})]
 
 
 def delete_document(tx: Tx, category: str, name: str, kind: str) -> bool:
     """Delete one document; return whether it existed."""
-    return tx.run(sql.DELETE_DOCUMENT, {"category": category, "name": name, "kind": kind}) > 0
+    return tx.run(_sql.DELETE_DOCUMENT, {"category": category, "name": name, "kind": kind}) > 0

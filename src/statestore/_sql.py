@@ -1,7 +1,7 @@
 """Every SQL statement statestore runs, in one place, valid on SQLite and PostgreSQL.
 
 Parameters are named (``:name``); both stdlib ``sqlite3`` and SQLAlchemy's ``text()``
-take them. Timestamps are bound as the backend stores them (see ``statestore.tx``).
+take them. Timestamps are bound as the backend stores them (see ``statestore._tx``).
 Every listing orders by ``updated_at DESC, id DESC`` and is served by an index that ends
 in ``(updated_at, id)``.
 """
@@ -144,7 +144,7 @@ SESSION_SUMMARIES = f"""
 SELECT {_SUMMARY_COLUMNS}
 FROM sessions {{where}} ORDER BY updated_at DESC, id DESC {{limit}}
 """
-"""Format ``where`` (conditions from ``statestore.queries``) and ``limit``."""
+"""Format ``where`` (conditions from ``statestore._ops``) and ``limit``."""
 
 DELETE_SESSION = "DELETE FROM sessions WHERE id = :id"
 

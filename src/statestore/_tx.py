@@ -1,9 +1,9 @@
 """One transaction, as the repository's queries see it, on either driver.
 
-Queries in :mod:`statestore.queries` are plain synchronous functions of a :class:`Tx`. On
+Queries in :mod:`statestore._ops` are plain synchronous functions of a :class:`Tx`. On
 SQLite they run in a worker thread on a stdlib ``sqlite3`` connection, a whole transaction
 per thread hop; on other backends they run through SQLAlchemy's ``run_sync`` on the async
-engine. Either way the SQL is the text in :mod:`statestore.sql`.
+engine. Either way the SQL is the text in :mod:`statestore._sql`.
 """
 
 from __future__ import annotations

@@ -42,8 +42,9 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore import sql
-from statestore.engine import Synchronous, sqlite_pragmas, write_connection
+from statestore import _sql
+from statestore._engine import Synchronous, sqlite_pragmas, write_connection
+from statestore._tx import AlchemyTx, SQLiteTx, Tx
 from statestore.errors import (
     ConstraintError,
     DatabaseBusyError,
@@ -51,7 +52,6 @@ from statestore.errors import (
     InvalidArgumentError,
     database_errors,
 )
-from statestore.tx import AlchemyTx, SQLiteTx, Tx
 
 __all__ = [
     "MAX_BATCH",
@@ -572,9 +572,9 @@ class AlchemyRunner:
         with database_errors("compact"):
             async with self._engine.connect() as connection:
                 connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                before = (await connection.exec_driver_sql(sql.POSTGRESQL_SIZE)).scalar_one()
-                await connection.exec_driver_sql(sql.POSTGRESQL_VACUUM)
-                after = (await connection.exec_driver_sql(sql.POSTGRESQL_SIZE)).scalar_one()
+                before = (await connection.exec_driver_sql(_sql.POSTGRESQL_SIZE)).scalar_one()
+                await connection.exec_driver_sql(_sql.POSTGRESQL_VACUUM)
+                after = (await connection.exec_driver_sql(_sql.POSTGRESQL_SIZE)).scalar_one()
         return int(before), int(after)
 
     async def close(self) -> None:

@@ -2,7 +2,7 @@
 
 The SQLAlchemy engine serves migrations, PostgreSQL, and the host's own use; on SQLite the
 store's data path opens its own stdlib connections with the same settings (see
-:mod:`statestore.runner`). On SQLite every engine connection gets WAL, a busy timeout,
+:mod:`statestore._runner`). On SQLite every engine connection gets WAL, a busy timeout,
 foreign keys on (so ``ON DELETE CASCADE`` runs) and the chosen ``synchronous`` level. The
 driver's own transaction handling is switched off (``isolation_level=None``) and
 statestore emits ``BEGIN`` itself: ``BEGIN IMMEDIATE`` for write transactions, so a
