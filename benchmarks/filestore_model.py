@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from statestore import Session, SessionSummary
-from statestore.codec import project_id_of
+from statestore._rows import project_id_of
 from statestore.filestore import session_file_text
 
 

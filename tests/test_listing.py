@@ -24,7 +24,7 @@ from statestore import (
     UserMessage,
 )
 from statestore import _sql as statements
-from statestore.codec import SQLITE_TIME
+from statestore._rows import SQLITE_TIME
 from statestore.models import SessionTail
 
 from .test_store import T0, make_session, row_counts

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 from statestore import SchemaVersionError, Session, StateStore, StateStoreError, migrate
-from statestore.codec import SQLITE_TIME, message_rows, response_rows, session_row
+from statestore._rows import SQLITE_TIME, message_rows, response_rows, session_row
 
 from .conftest import SAMPLE_DIR
 

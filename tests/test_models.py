@@ -22,7 +22,7 @@ from statestore import (
     Session,
     SessionSummary,
     UserMessage,
-    codec,
+    _validate,
 )
 
 SESSIONS_DIR = Path(__file__).resolve().parents[1] / "examples" / "filestore-sample" / "sessions"
@@ -791,7 +791,7 @@ def test_prune_throttle_lets_one_of_many_threads_through() -> None:
 
 def test_fields_a_file_left_out_stay_out_while_empty() -> None:
     """A session file read without its empty lists and metadata dumps without them."""
-    session = codec.session_from_json("s", '{"id": "s", "user_id": "u"}')
+    session = _validate.session_from_json("s", '{"id": "s", "user_id": "u"}')
     assert set(session.model_dump(mode="json")) == {"id", "user_id", "created_at", "updated_at"}
     session.user_messages.append(UserMessage(content="hi"))
     assert "user_messages" in session.model_dump(mode="json")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from statestore import InvalidNameError, StateStore, StateStoreError
-from statestore.names import check_category, check_name
+from statestore._validate import check_category, check_name
 
 VALID_CATEGORIES = [
     pytest.param("memory", id="plain"),

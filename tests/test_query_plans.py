@@ -20,7 +20,7 @@ from sqlalchemy import URL, text
 
 from statestore import AgentResponse, Session, StateStore, UserMessage, _sql, migrate
 from statestore._engine import create_engine
-from statestore.codec import SQLITE_TIME
+from statestore._rows import SQLITE_TIME
 from tests.conftest import own_database, run_apart
 from tests.test_listing import T0
 

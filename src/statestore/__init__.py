@@ -4,6 +4,7 @@ The public API is what this module exports; everything else is internal.
 """
 
 from statestore import migrate
+from statestore._validate import MAX_JSON_DEPTH, MAX_TEXT_LENGTH
 from statestore.errors import (
     ConstraintError,
     DatabaseBusyError,
@@ -24,6 +25,8 @@ from statestore.prune import PruneConfig, PruneThrottle
 from statestore.store import StateStore
 
 __all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_TEXT_LENGTH",
     "AgentResponse",
     "ConstraintError",
     "DatabaseBusyError",

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from statestore import _sql, codec
+from statestore import _rows, _sql
+from statestore._tracking import RowLog
 from statestore._tx import Tx
-from statestore.models import RowLog, Session, SessionSummary, SessionTail
+from statestore.models import Session, SessionSummary, SessionTail
 
 __all__ = [
     "ImportCounts",
@@ -222,7 +223,7 @@ def load_session(tx: Tx, session_id: str, *, lock: bool = False) -> Session | No
     start = {"session_id": session_id, "start": 0}
     message_rows = tx.rows(_sql.SELECT_MESSAGES, start) if row[4] else ()
     response_rows = tx.rows(_sql.SELECT_RESPONSES, start) if row[5] else ()
-    return codec.session_from_rows(row, message_rows, response_rows, tx.time)
+    return _rows.session_from_rows(row, message_rows, response_rows, tx.time)
 
 
 def load_tail(tx: Tx, session_id: str, count: int) -> SessionTail | None:
@@ -236,7 +237,7 @@ def load_tail(tx: Tx, session_id: str, count: int) -> SessionTail | None:
     response_rows = tx.rows(
         _sql.SELECT_RESPONSES, {"session_id": session_id, "start": response_start}
     )
-    return codec.tail_from_rows(
+    return _rows.tail_from_rows(
         row, message_start, response_start, message_rows, response_rows, tx.time
     )
 
@@ -250,7 +251,7 @@ def list_summaries(
     statement = _sql.SESSION_SUMMARIES.format(where=where, limit=page)
     rows = tx.rows(statement, {**params, "limit": limit} if limit is not None else params)
     time = tx.time
-    return [codec.summary_from_row(row, time) for row in rows]
+    return [_rows.summary_from_row(row, time) for row in rows]
 
 
 def delete_session(tx: Tx, session_id: str) -> bool:
@@ -281,13 +282,13 @@ def prunable_sessions(tx: Tx, cutoff: datetime | None, max_sessions: int) -> lis
     params: dict[str, Any] = {}
     if cutoff is not None:
         params["cutoff"] = time.bind(cutoff)
-        going = [codec.summary_from_row(row, time) for row in tx.rows(_sql.PRUNABLE_STALE, params)]
+        going = [_rows.summary_from_row(row, time) for row in tx.rows(_sql.PRUNABLE_STALE, params)]
     if max_sessions:
         [(count,)] = tx.rows(_sql.COUNT_SESSIONS)
         excess = count - len(going) - max_sessions
         if excess > 0:
             rows = tx.rows(_sql.PRUNABLE_EXCESS[cutoff is not None], {**params, "excess": excess})
-            going += [codec.summary_from_row(row, time) for row in rows]
+            going += [_rows.summary_from_row(row, time) for row in rows]
     return going
 
 

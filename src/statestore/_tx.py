@@ -17,7 +17,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.util import await_
 
-from statestore.codec import POSTGRESQL_TIME, SQLITE_TIME, TimeCodec
+from statestore._rows import POSTGRESQL_TIME, SQLITE_TIME, TimeCodec
 
 __all__ = ["AlchemyTx", "SQLiteTx", "Tx"]
 

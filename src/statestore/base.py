@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore import _ops, codec
+from statestore import _ops, _rows
 from statestore._engine import Synchronous, prepare_engine
 from statestore._runner import (
     AlchemyRunner,
@@ -24,9 +24,10 @@ from statestore._runner import (
     acquire_sqlite_runner,
     release_sqlite_runner,
 )
+from statestore._tracking import RowLog, StoredState
 from statestore._tx import Tx
 from statestore.errors import InvalidArgumentError, ReentrantWriteError, StoreClosedError
-from statestore.models import RowLog, Session, StoredState
+from statestore.models import Session
 
 __all__ = ["StoreBase", "forget_unless_stored"]
 
@@ -73,10 +74,10 @@ class StoreBase:
             self._runner = acquire_sqlite_runner(
                 path, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000)
             )
-            self._time = codec.SQLITE_TIME
+            self._time = _rows.SQLITE_TIME
         else:
             self._runner = AlchemyRunner(engine)
-            self._time = codec.POSTGRESQL_TIME
+            self._time = _rows.POSTGRESQL_TIME
 
     @property
     def engine(self) -> AsyncEngine:
@@ -157,7 +158,7 @@ class StoreBase:
         dropped (see :func:`forget_unless_stored`).
         """
         token = _tokens.getrandbits(63)
-        row = codec.session_row(session, self._time, token)
+        row = _rows.session_row(session, self._time, token)
         messages, responses = session.user_messages, session.agent_responses
         stored = session._stored
         if stored is not None and stored.appended_only(session):
@@ -170,11 +171,11 @@ class StoreBase:
         response_start = stored_responses.count if stored_responses else 0
         message_rows = RowLog.extend(
             stored_messages,
-            codec.message_rows(session.id, messages[message_start:], self._time, message_start),
+            _rows.message_rows(session.id, messages[message_start:], self._time, message_start),
         )
         response_rows = RowLog.extend(
             stored_responses,
-            codec.response_rows(session.id, responses[response_start:], self._time, response_start),
+            _rows.response_rows(session.id, responses[response_start:], self._time, response_start),
         )
         job = _ops.SaveJob(
             session_id=session.id,

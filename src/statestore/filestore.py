@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from statestore import _ops, codec
+from statestore import _ops, _rows, _validate
 from statestore._tx import Tx
+from statestore._validate import SESSIONS_CATEGORY, check_category, check_name
 from statestore.errors import InvalidArgumentError, InvalidDataError, InvalidNameError
 from statestore.models import Session
-from statestore.names import SESSIONS_CATEGORY, check_category, check_name
 
 if TYPE_CHECKING:
     from statestore.store import StateStore
@@ -184,11 +184,11 @@ def read_file(root: Path, path: str) -> SessionFile | DocumentFile | SkippedFile
         return SkippedFile(path, f"not UTF-8 text (byte {raw[exc.start]:#04x} at {exc.start})")
     try:
         if kind == "markdown":
-            codec.check_text("content", text)
+            _validate.check_text("content", text)
             return DocumentFile(path, category, stem, kind, text, modified_at)
         if category == SESSIONS_CATEGORY:
-            return SessionFile(path, codec.session_from_json(stem, text))
-        content = codec.dump_json_document("data", json.loads(text))
+            return SessionFile(path, _validate.session_from_json(stem, text))
+        content = _rows.dump_json_document("data", json.loads(text))
     except json.JSONDecodeError as exc:
         return SkippedFile(path, f"not valid JSON: {exc}")
     except InvalidDataError as exc:
@@ -404,7 +404,7 @@ async def export_directory(
 ) -> ExportReport:
     """Write the store out as a file store; see :meth:`StateStore.export_directory`."""
     if user_id is not None:
-        codec.check_text("user_id", user_id)
+        _validate.check_text("user_id", user_id)
     await asyncio.to_thread(_check_export_target, root, overwrite)
     session_ids = [summary.id async for summary in store.iter_sessions(user_id=user_id)]
     categories = [] if user_id is not None else await store.list_categories()

@@ -12,11 +12,9 @@ an aware one in another zone is converted to UTC.
 from __future__ import annotations
 
 import uuid
-import weakref
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self, SupportsIndex, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -33,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from statestore._tracking import History, note_edit
 from statestore.errors import InvalidDataError
 
 __all__ = [
@@ -42,14 +41,11 @@ __all__ = [
     "OMITTABLE_FIELDS",
     "AgentResponse",
     "History",
-    "RowLog",
     "Session",
     "SessionSummary",
     "SessionTail",
-    "StoredState",
     "UserMessage",
     "build",
-    "edit_count",
     "format_timestamp",
     "to_storable_utc",
 ]
@@ -120,24 +116,14 @@ UTCTimestamp = Annotated[
 """An aware datetime kept in UTC, within the stored range, written as RFC 3339 with ``Z``."""
 
 
-_edits = 0
-"""Bumped whenever any message's field is assigned; see :class:`StoredState`."""
-
-
-def edit_count() -> int:
-    """Return how many message-field assignments this process has made so far."""
-    return _edits
-
-
 class _Message(BaseModel):
-    """A message or response: assigning one of its fields is counted (see ``edit_count``)."""
+    """A message or response: assigning one of its fields is counted (see ``_tracking``)."""
 
     model_config = ConfigDict(extra="allow")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        global _edits
         super().__setattr__(name, value)
-        _edits += 1
+        note_edit()
 
 
 class UserMessage(_Message):
@@ -162,172 +148,6 @@ class AgentResponse(_Message):
     timestamp: UTCTimestamp = Field(default_factory=_now)
 
 
-class History(list[Any]):
-    """A session's list of messages or responses that knows whether it only grew.
-
-    It is a ``list`` in every way; its mutating methods other than ``append``, ``extend``
-    and ``+=`` also count a rewrite, so a save can tell in constant time that the stored
-    prefix is untouched. Sessions always hold their lists as ``History``: validation wraps
-    them, and a list assigned to ``user_messages`` or ``agent_responses`` is held as a
-    ``History`` copy (the session's next save then rewrites it whole).
-    """
-
-    __slots__ = ("rewrites",)
-
-    def __init__(self, items: Iterable[Any] = ()) -> None:
-        super().__init__(items)
-        self.rewrites = 0
-
-    def _rewritten(self) -> None:
-        self.rewrites += 1
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        self._rewritten()
-        super().__setitem__(index, value)
-
-    def __delitem__(self, index: Any) -> None:
-        self._rewritten()
-        super().__delitem__(index)
-
-    def __imul__(self, count: SupportsIndex) -> Self:
-        self._rewritten()
-        return super().__imul__(count)
-
-    def insert(self, index: SupportsIndex, value: Any) -> None:
-        self._rewritten()
-        super().insert(index, value)
-
-    def pop(self, index: SupportsIndex = -1) -> Any:
-        self._rewritten()
-        return super().pop(index)
-
-    def remove(self, value: Any) -> None:
-        self._rewritten()
-        super().remove(value)
-
-    def clear(self) -> None:
-        self._rewritten()
-        super().clear()
-
-    def sort(self, *args: Any, **kwargs: Any) -> None:
-        self._rewritten()
-        super().sort(*args, **kwargs)
-
-    def reverse(self) -> None:
-        self._rewritten()
-        super().reverse()
-
-
-@dataclass(frozen=True, slots=True)
-class RowLog:
-    """The rows of a stored list, in order, as a chain that never changes once made.
-
-    A save that appends links its new rows to the log it extends, so a session's record of
-    what is stored grows in constant time and shares everything before. Rows are what the
-    database was given or gave back, so the log is the stored state itself, however the
-    live objects change afterwards.
-
-    Attributes:
-        before: The rows before these (``None`` at the start).
-        rows: These rows, in order.
-        count: How many rows the whole chain holds.
-        convert: Turns one of ``rows`` into statement parameters (rows read back from the
-            database are converted only if a save ever needs them); ``None`` when the rows
-            already are parameters.
-    """
-
-    before: RowLog | None
-    rows: Sequence[Any]
-    count: int
-    convert: Any = None
-
-    @classmethod
-    def extend(cls, before: RowLog | None, rows: Sequence[Any], convert: Any = None) -> RowLog:
-        """Return the log of ``before``'s rows followed by ``rows``."""
-        return cls(before, rows, (before.count if before else 0) + len(rows), convert)
-
-    def params(self) -> list[Any]:
-        """Return every row of the chain, in order, as statement parameters."""
-        chunks: list[RowLog] = []
-        log: RowLog | None = self
-        while log is not None:
-            chunks.append(log)
-            log = log.before
-        params: list[Any] = []
-        for chunk in reversed(chunks):
-            if chunk.convert is None:
-                params.extend(chunk.rows)
-            else:
-                params.extend(chunk.convert(row) for row in chunk.rows)
-        return params
-
-
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """What one session object was last loaded as, or will be stored as by its last save.
-
-    A save may take the append-only path only while this record can show that the stored
-    prefix is untouched: it belongs to this very object (a copy or an unpickled session
-    has none, or one whose owner is another object), the lists are the ones recorded, no
-    list was rewritten, and no message field was assigned anywhere in this process since.
-
-    Attributes:
-        token: The ``state_token`` of the stored row.
-        owner: The session object this record describes.
-        user_messages: The session's message list object then.
-        message_rewrites: ``user_messages.rewrites`` then.
-        agent_responses: The session's response list object then.
-        response_rewrites: ``agent_responses.rewrites`` then.
-        edits: :func:`edit_count` then; if it has moved, a message may have been edited.
-        message_rows: The stored messages' rows.
-        response_rows: The stored responses' rows.
-    """
-
-    token: int
-    owner: weakref.ref[Session]
-    user_messages: History
-    message_rewrites: int
-    agent_responses: History
-    response_rewrites: int
-    edits: int
-    message_rows: RowLog
-    response_rows: RowLog
-
-    @classmethod
-    def of(
-        cls, token: int, session: Session, message_rows: RowLog, response_rows: RowLog
-    ) -> StoredState | None:
-        """Record ``session`` as stored with ``token`` and these rows; None if untracked."""
-        messages, responses = session.user_messages, session.agent_responses
-        if not (isinstance(messages, History) and isinstance(responses, History)):
-            return None
-        return cls(
-            token,
-            weakref.ref(session),
-            messages,
-            messages.rewrites,
-            responses,
-            responses.rewrites,
-            _edits,
-            message_rows,
-            response_rows,
-        )
-
-    def appended_only(self, session: Session) -> bool:
-        """Return whether ``session`` is this record's object, changed only by appends."""
-        messages, responses = session.user_messages, session.agent_responses
-        return (
-            self.owner() is session
-            and self.edits == _edits
-            and messages is self.user_messages
-            and responses is self.agent_responses
-            and messages.rewrites == self.message_rewrites
-            and responses.rewrites == self.response_rewrites
-            and len(messages) >= self.message_rows.count
-            and len(responses) >= self.response_rows.count
-        )
-
-
 _HISTORY_FIELDS = frozenset({"user_messages", "agent_responses"})
 
 OMITTABLE_FIELDS = ("user_messages", "agent_responses", "metadata")
@@ -347,7 +167,8 @@ class Session(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    _stored: StoredState | None = PrivateAttr(default=None)
+    _stored: Any = PrivateAttr(default=None)
+    """What this object was stored as (a ``statestore._tracking.StoredState``), or None."""
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     user_id: str

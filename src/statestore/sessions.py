@@ -10,12 +10,12 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from statestore import _ops, codec
+from statestore import _ops, _validate
 from statestore._tx import Tx
+from statestore._validate import check_name
 from statestore.base import StoreBase, forget_unless_stored, updating_runner
 from statestore.errors import InvalidArgumentError, InvalidDataError
 from statestore.models import Session, SessionSummary, SessionTail
-from statestore.names import check_name
 from statestore.prune import PruneConfig, PruneThrottle
 
 __all__ = ["PRUNE_BATCH", "SessionStore", "SessionUpdate"]
@@ -152,11 +152,11 @@ class SessionStore(StoreBase):
         conditions: list[str] = []
         params: dict[str, Any] = {}
         if user_id is not None:
-            codec.check_text("user_id", user_id)
+            _validate.check_text("user_id", user_id)
             conditions.append("user_id = :user_id")
             params["user_id"] = user_id
         if project_id is not None:
-            codec.check_text("project_id", project_id)
+            _validate.check_text("project_id", project_id)
             conditions.append("project_id = :project_id")
             params["project_id"] = project_id
         if after is not None:
@@ -166,7 +166,7 @@ class SessionStore(StoreBase):
             params["after_updated_at"] = self._time.bind(after.updated_at)
             params["after_id"] = after.id
         if updated_before is not None:
-            codec.check_timestamp("updated_before", updated_before)
+            _validate.check_timestamp("updated_before", updated_before)
             conditions.append("updated_at < :updated_before")
             params["updated_before"] = self._time.bind(updated_before)
         if limit is not None:
@@ -213,7 +213,7 @@ class SessionStore(StoreBase):
         With no ``session_id`` a new session with a fresh id is created. An existing session
         is returned as stored, whatever its ``user_id``. Atomic: racing callers get one session.
         """
-        codec.check_text("user_id", user_id)
+        _validate.check_text("user_id", user_id)
         if session_id is None:
             new_session = Session(user_id=user_id)
         else:
@@ -293,7 +293,7 @@ class SessionStore(StoreBase):
         Returns:
             How many sessions were deleted.
         """
-        codec.check_text("user_id", user_id)
+        _validate.check_text("user_id", user_id)
         return await self._write("delete_user", partial(_ops.delete_user_sessions, user_id=user_id))
 
     async def prune_sessions(self, config: PruneConfig) -> int:

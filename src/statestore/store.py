@@ -14,19 +14,19 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel
 from sqlalchemy import URL
 
-from statestore import _ops, codec, filestore
+from statestore import _ops, _rows, _validate, filestore
 from statestore import migrate as migrations
 from statestore._engine import Synchronous, create_engine, resolve_url
 from statestore._tx import Tx
-from statestore.errors import InvalidArgumentError
-from statestore.models import MIN_TIMESTAMP
-from statestore.names import (
+from statestore._validate import (
     SESSIONS_CATEGORY,
     check_category,
     check_name,
     check_writable_category,
     check_writable_name,
 )
+from statestore.errors import InvalidArgumentError
+from statestore.models import MIN_TIMESTAMP
 from statestore.sessions import SessionStore
 from statestore.stats import StoreStats, read_stats
 
@@ -158,7 +158,7 @@ class StateStore(SessionStore):
         """Store a markdown document, replacing any markdown document of that name."""
         check_writable_category(category)
         check_writable_name(name, suffix=".md")
-        codec.check_text("content", content)
+        _validate.check_text("content", content)
         await self._save_document(category, name, "markdown", content)
 
     async def load_markdown(self, category: str, name: str) -> str | None:
@@ -181,9 +181,9 @@ class StateStore(SessionStore):
         check_writable_category(category)
         check_writable_name(name)
         if category == SESSIONS_CATEGORY:
-            await self.save_session(codec.session_from_document(name, data))
+            await self.save_session(_validate.session_from_document(name, data))
             return
-        await self._save_document(category, name, "json", codec.dump_json_document("data", data))
+        await self._save_document(category, name, "json", _rows.dump_json_document("data", data))
 
     @overload
     async def load_json(self, category: str, name: str) -> Any: ...

@@ -1,19 +1,8 @@
 """Where models become rows and rows become models -- the one place for both directions.
 
-Going in, every value is checked before any SQL runs, so a bad value fails the whole save
-with an :class:`InvalidDataError` naming the field, and the stored state stays as it was:
-
-* text must be valid Unicode without NUL characters (one policy for every backend:
-  PostgreSQL cannot store NUL);
-* JSON values (metadata, unmodelled fields, JSON documents) must be made of dicts with
-  ``str`` keys, lists, ``str``, ``int``, finite ``float``, ``bool`` and ``None``, nested at
-  most :data:`MAX_JSON_DEPTH` deep, so whatever is accepted comes back exactly;
-* no text value, and no JSON value once written as text, may be longer than
-  :data:`MAX_TEXT_LENGTH` characters;
-* timestamps must be timezone-aware.
-
-Coming out, rows are trusted (they passed these checks) and become models without being
-validated again.
+Going in, every value is checked (by :mod:`statestore._validate`) as it becomes a row, so a
+bad value fails the whole save before any SQL runs. Coming out, rows are trusted (they
+passed these checks) and become models without being validated again.
 
 Rows here are in storage form, the parameters of the statements in :mod:`statestore._sql`:
 JSON as text, timestamps as the backend stores them (a :data:`TimeCodec` says how).
@@ -22,136 +11,50 @@ JSON as text, timestamps as the backend stores them (a :data:`TimeCodec` says ho
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic import BaseModel
 
+from statestore._tracking import RowLog, StoredState
+from statestore._validate import (
+    check_json,
+    check_length,
+    check_text,
+    check_timestamp,
+    check_writable_name,
+    model_as_json,
+)
 from statestore.errors import InvalidDataError
 from statestore.models import (
-    FILE_CONTEXT,
     OMITTABLE_FIELDS,
     AgentResponse,
     History,
-    RowLog,
     Session,
     SessionSummary,
     SessionTail,
-    StoredState,
     UserMessage,
     build,
-    to_storable_utc,
 )
-from statestore.names import check_writable_name
 
 __all__ = [
-    "MAX_JSON_DEPTH",
-    "MAX_TEXT_LENGTH",
     "POSTGRESQL_TIME",
     "PROJECT_METADATA_KEY",
     "SQLITE_TIME",
     "TimeCodec",
-    "check_json",
-    "check_text",
-    "check_timestamp",
     "dump_json_document",
     "message_rows",
     "project_id_of",
     "response_rows",
-    "session_from_document",
-    "session_from_json",
     "session_from_rows",
     "session_row",
     "summary_from_row",
     "tail_from_rows",
 ]
 
-MAX_JSON_DEPTH = 64
-"""How deeply JSON containers may nest in metadata, unmodelled fields and JSON documents."""
-
-MAX_TEXT_LENGTH = 16 * 1024 * 1024
-"""The most characters one text value (a message, a document, a JSON value as text) may hold.
-
-Far above any conversation turn, far below what SQLite (1 GB) and PostgreSQL (1 GB) accept,
-so an accidental blob fails with a clear error instead of bloating every load.
-"""
-
-# Python refuses to turn integers of more than sys.get_int_max_str_digits() (4300 by
-# default) digits into text; 14,000 bits is about 4,200 digits.
-_MAX_INT_BITS = 14_000
-
 PROJECT_METADATA_KEY = "project_ids"
 """The metadata key whose string value is a session's ``project_id``."""
-
-
-def check_text(field: str, value: object, *, optional: bool = False) -> None:
-    """Raise :class:`InvalidDataError` unless ``value`` is storable text."""
-    if value is None and optional:
-        return
-    if not isinstance(value, str):
-        raise InvalidDataError(field, f"must be a str, not {type(value).__name__}")
-    _check_length(field, value)
-    if "\x00" in value:
-        raise InvalidDataError(field, "must not contain a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidDataError(field, "must be valid Unicode (no lone surrogates)") from None
-
-
-def _check_length(field: str, text: str) -> None:
-    if len(text) > MAX_TEXT_LENGTH:
-        raise InvalidDataError(
-            field, f"is {len(text):,} characters long; the limit is {MAX_TEXT_LENGTH:,}"
-        )
-
-
-def check_json(field: str, value: object, depth: int = 0) -> None:
-    """Raise :class:`InvalidDataError` unless ``value`` is JSON that round-trips exactly."""
-    if value is None or isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        if value.bit_length() > _MAX_INT_BITS:
-            raise InvalidDataError(field, "integer is too large to write as JSON")
-        return
-    if isinstance(value, str):
-        check_text(field, value)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidDataError(field, f"{value!r} is not a JSON number")
-    elif isinstance(value, dict | list):
-        if depth >= MAX_JSON_DEPTH:
-            raise InvalidDataError(field, f"JSON nests deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(value, list):
-            for index, item in enumerate(value):
-                check_json(f"{field}[{index}]", item, depth + 1)
-            return
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidDataError(field, f"key {key!r} is not a str")
-            check_text(f"{field} key {key!r}", key)
-            check_json(f"{field}[{key!r}]", item, depth + 1)
-    else:
-        raise InvalidDataError(field, f"{type(value).__name__} is not JSON-able")
-
-
-def check_timestamp(field: str, value: object) -> None:
-    """Raise :class:`InvalidDataError` unless ``value`` is an aware datetime in the range.
-
-    The range (``statestore.models.MIN_TIMESTAMP`` .. ``MAX_TIMESTAMP``) is the same on
-    every backend, so whatever is accepted can be read back.
-    """
-    if not isinstance(value, datetime):
-        raise InvalidDataError(field, f"must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidDataError(field, "is a naive datetime; give it a time zone (UTC)")
-    try:
-        to_storable_utc(value)
-    except ValueError as exc:
-        raise InvalidDataError(field, str(exc)) from None
 
 
 class TimeCodec:
@@ -193,7 +96,7 @@ _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 
 def _dump_json(field: str, data: object) -> str:
     text = _encode_json(data)
-    _check_length(field, text)
+    check_length(field, text)
     return text
 
 
@@ -204,17 +107,9 @@ def _load_json(text: Any) -> Any:
 def dump_json_document(field: str, data: object) -> str:
     """Check ``data`` (a JSON-able value or a pydantic model) and return its JSON text."""
     if isinstance(data, BaseModel):
-        data = _model_as_json(field, data)
+        data = model_as_json(field, data)
     check_json(field, data)
     return _dump_json(field, data)
-
-
-def _model_as_json(field: str, model: BaseModel) -> Any:
-    """Return a model's JSON value, or raise InvalidDataError saying why it has none."""
-    try:
-        return model.model_dump(mode="json")
-    except (PydanticSerializationError, ValueError) as exc:  # UnicodeDecodeError too
-        raise InvalidDataError(field, f"cannot be written as JSON: {exc}") from None
 
 
 def _extra(field: str, model: BaseModel) -> str | None:
@@ -223,50 +118,6 @@ def _extra(field: str, model: BaseModel) -> str | None:
         return None
     check_json(field, extra)
     return _dump_json(field, extra)
-
-
-def session_from_document(name: str, data: object) -> Session:
-    """Validate a ``sessions`` JSON document named ``name`` into a session.
-
-    Raises:
-        InvalidDataError: ``data`` is not an object, or its ``id`` is not ``name``.
-        pydantic.ValidationError: It is not a valid session.
-    """
-    if isinstance(data, Session):  # saved as it is, through save_session's checks
-        if data.id != name:
-            raise InvalidDataError("data.id", f"{data.id!r} does not match the name {name!r}")
-        return data
-    if isinstance(data, BaseModel):
-        data = _model_as_json("data", data)
-    if not isinstance(data, dict):
-        raise InvalidDataError("data", "a session document must be a JSON object")
-    return _named(name, Session.model_validate(data, context=FILE_CONTEXT))
-
-
-def session_from_json(name: str, text: str) -> Session:
-    """Like :func:`session_from_document`, from JSON text (parsed by pydantic, faster).
-
-    Raises:
-        InvalidDataError: The text is not a JSON object, or its ``id`` is not ``name``.
-        pydantic.ValidationError: It is not JSON (error type ``json_invalid``), or not a
-            valid session.
-    """
-    try:
-        session = Session.model_validate_json(text, context=FILE_CONTEXT)
-    except ValidationError as exc:
-        if exc.errors()[0]["type"] == "model_type":
-            raise InvalidDataError("data", "a session document must be a JSON object") from None
-        raise
-    return _named(name, session)
-
-
-def _named(name: str, session: Session) -> Session:
-    """Give a session without an id this name; refuse one whose id is another."""
-    if "id" not in session.model_fields_set:
-        session.id = name
-    elif session.id != name:
-        raise InvalidDataError("data.id", f"{session.id!r} does not match the name {name!r}")
-    return session
 
 
 def project_id_of(session_metadata: Mapping[str, Any]) -> str | None:
