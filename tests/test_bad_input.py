@@ -25,7 +25,7 @@ from statestore import (
     StateStoreError,
     UserMessage,
 )
-from statestore._validate import MAX_JSON_DEPTH, MAX_TEXT_LENGTH
+from statestore.models import MAX_JSON_DEPTH, MAX_TEXT_LENGTH
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NAIVE = datetime(2026, 3, 1, 12, 0)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from statestore import AgentResponse, InvalidDataError, Session, StateStore, UserMessage
-from statestore._validate import MAX_JSON_DEPTH, MAX_TEXT_LENGTH
+from statestore.models import MAX_JSON_DEPTH, MAX_TEXT_LENGTH
 
 
 class Note(BaseModel):

@@ -121,7 +121,7 @@ async def _versions(store: StateStore) -> dict[str, tuple[int, int]]:
         rows = tx.rows("SELECT id, version, state_token FROM sessions", {})
         return {session_id: (version, token) for session_id, version, token in rows}
 
-    result: dict[str, tuple[int, int]] = await store._read("test", body)
+    result: dict[str, tuple[int, int]] = await store._db.read("test", body)
     return result
 
 
@@ -232,7 +232,7 @@ async def test_document_takes_its_file_modification_time(store: StateStore, tmp_
     moment = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
     os.utime(root / "notes/a.md", (moment.timestamp(), moment.timestamp()))
     await store.import_directory(root)
-    rows = await store._read("test", lambda tx: _ops.documents_in(tx, "notes"))
+    rows = await store._db.read("test", lambda tx: _ops.documents_in(tx, "notes"))
     assert rows == [("a", "markdown", "text", moment)]
 
 
@@ -403,7 +403,7 @@ async def test_delete_user_removes_their_sessions_and_rows_only(
         )
         return int(rows[0][0])
 
-    assert await store._read("test", orphans) == 0
+    assert await store._db.read("test", orphans) == 0
     assert await store.delete_user("user-0") == 0
 
 

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import URL
 
 from statestore import AgentResponse, PruneConfig, Session, StateStore, UserMessage, migrate
-from statestore.sessions import PRUNE_BATCH
+from statestore.prune import PRUNE_BATCH
 
 from .conftest import server_dsn
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statestore import AgentResponse, PruneConfig, Session, StateStore, UserMessage
-from statestore.sessions import PRUNE_BATCH
+from statestore.prune import PRUNE_BATCH
 
 from .conftest import Traced
 from .test_store import make_session

@@ -191,13 +191,13 @@ async def pg_plan(
 
 PG_QUERIES = [
     pytest.param(
-        _sql.SESSION_SUMMARIES.format(where="WHERE user_id = :user_id", limit="LIMIT 50"),
+        _sql.session_summaries({"user_id", "limit"}).replace(":limit", "50"),
         {"user_id": "user-7"},
         "ix_sessions_user_id_updated_at_id",
         id="per-user-listing",
     ),
     pytest.param(
-        _sql.SESSION_SUMMARIES.format(where="", limit="LIMIT 50"),
+        _sql.session_summaries({"limit"}).replace(":limit", "50"),
         {},
         "ix_sessions_updated_at_id",
         id="newest-50",

@@ -512,7 +512,7 @@ async def test_save_session_with_prune_saves_then_prunes_in_background(
 
     await store.save_session_with_prune(new, PruneConfig(max_sessions=10, ttl_hours=24))
     assert await store.load_session(new.id) == new
-    await asyncio.gather(*store._prunes)
+    await asyncio.gather(*store._db._background)
 
     assert [s.id for s in await store.list_sessions()] == [new.id]
 
@@ -537,7 +537,7 @@ async def test_save_session_with_prune_respects_throttle(store: StateStore) -> N
 
     await store.save_session_with_prune(old, PruneConfig(), throttle=throttle)
 
-    assert store._prunes == set()
+    assert store._db._background == set()
     assert [s.id for s in await store.list_sessions()] == [old.id]
 
 

@@ -4,7 +4,6 @@ The public API is what this module exports; everything else is internal.
 """
 
 from statestore import migrate
-from statestore._validate import MAX_JSON_DEPTH, MAX_TEXT_LENGTH
 from statestore.errors import (
     ConstraintError,
     DatabaseBusyError,
@@ -20,18 +19,20 @@ from statestore.errors import (
     StorageFullError,
     StoreClosedError,
 )
-from statestore.models import AgentResponse, Session, SessionSummary, UserMessage
+from statestore.filestore import ExportReport, ImportReport, SkippedFile
+from statestore.models import AgentResponse, Session, SessionSummary, SessionTail, UserMessage
 from statestore.prune import PruneConfig, PruneThrottle
+from statestore.stats import StoreStats
 from statestore.store import StateStore
 
 __all__ = [
-    "MAX_JSON_DEPTH",
-    "MAX_TEXT_LENGTH",
     "AgentResponse",
     "ConstraintError",
     "DatabaseBusyError",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "ExportReport",
+    "ImportReport",
     "InvalidArgumentError",
     "InvalidDataError",
     "InvalidNameError",
@@ -42,10 +43,13 @@ __all__ = [
     "SchemaVersionError",
     "Session",
     "SessionSummary",
+    "SessionTail",
+    "SkippedFile",
     "StateStore",
     "StateStoreError",
     "StorageFullError",
     "StoreClosedError",
+    "StoreStats",
     "UserMessage",
     "migrate",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 from statestore import _rows, _sql
 from statestore._tracking import RowLog
 from statestore._tx import Tx
+from statestore._validate import SESSIONS_CATEGORY
 from statestore.models import Session, SessionSummary, SessionTail
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "SaveJob",
     "delete_document",
     "delete_excess_sessions",
+    "delete_file",
     "delete_session",
     "delete_stale_sessions",
     "delete_user_sessions",
@@ -29,6 +31,7 @@ __all__ = [
     "import_sessions",
     "insert_session_if_missing",
     "list_categories",
+    "list_category",
     "list_document_names",
     "list_session_ids",
     "list_summaries",
@@ -135,7 +138,8 @@ def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
         placeholders = ", ".join(f":id{index}" for index in range(len(chunk)))
         params = {f"id{index}": session_id for index, session_id in enumerate(chunk)}
         rows = tx.rows(statement.format(placeholders=placeholders), params)
-        stored.update((session_id, token) for session_id, token in rows)
+        for token in map(_sql.TokenRow._make, rows):
+            stored[token.id] = token.state_token
     return stored
 
 
@@ -207,12 +211,12 @@ def insert_session_if_missing(tx: Tx, row: dict[str, Any]) -> bool:
     return tx.run(_sql.INSERT_SESSION_IF_MISSING, row) > 0
 
 
-def _session_row(tx: Tx, session_id: str, *, lock: bool) -> Any:
+def _session_row(tx: Tx, session_id: str, *, lock: bool) -> _sql.SessionRow | None:
     statement = _sql.LOAD_SESSION
     if lock and tx.dialect == "postgresql":
         statement += " FOR UPDATE"
     rows = tx.rows(statement, {"id": session_id})
-    return rows[0] if rows else None
+    return _sql.SessionRow._make(rows[0]) if rows else None
 
 
 def load_session(tx: Tx, session_id: str, *, lock: bool = False) -> Session | None:
@@ -221,8 +225,8 @@ def load_session(tx: Tx, session_id: str, *, lock: bool = False) -> Session | No
     if row is None:
         return None
     start = {"session_id": session_id, "start": 0}
-    message_rows = tx.rows(_sql.SELECT_MESSAGES, start) if row[4] else ()
-    response_rows = tx.rows(_sql.SELECT_RESPONSES, start) if row[5] else ()
+    message_rows = tx.rows(_sql.SELECT_MESSAGES, start) if row.message_count else ()
+    response_rows = tx.rows(_sql.SELECT_RESPONSES, start) if row.response_count else ()
     return _rows.session_from_rows(row, message_rows, response_rows, tx.time)
 
 
@@ -231,8 +235,8 @@ def load_tail(tx: Tx, session_id: str, count: int) -> SessionTail | None:
     row = _session_row(tx, session_id, lock=False)
     if row is None:
         return None
-    message_start = max(0, row[4] - count)
-    response_start = max(0, row[5] - count)
+    message_start = max(0, row.message_count - count)
+    response_start = max(0, row.response_count - count)
     message_rows = tx.rows(_sql.SELECT_MESSAGES, {"session_id": session_id, "start": message_start})
     response_rows = tx.rows(
         _sql.SELECT_RESPONSES, {"session_id": session_id, "start": response_start}
@@ -243,14 +247,31 @@ def load_tail(tx: Tx, session_id: str, count: int) -> SessionTail | None:
 
 
 def list_summaries(
-    tx: Tx, conditions: list[str], params: dict[str, Any], limit: int | None
+    tx: Tx,
+    *,
+    user_id: str | None,
+    project_id: str | None,
+    after: tuple[datetime, str] | None,
+    updated_before: datetime | None,
+    limit: int | None,
 ) -> list[SessionSummary]:
-    """List summaries matching every SQL condition, newest first, at most ``limit``."""
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    page = "LIMIT :limit" if limit is not None else ""
-    statement = _sql.SESSION_SUMMARIES.format(where=where, limit=page)
-    rows = tx.rows(statement, {**params, "limit": limit} if limit is not None else params)
+    """List summaries newest first, filtered by every argument given, at most ``limit``.
+
+    ``after`` is the ``(updated_at, id)`` of the last summary of the previous page.
+    """
     time = tx.time
+    params: dict[str, Any] = {
+        "user_id": user_id,
+        "project_id": project_id,
+        "after_updated_at": time.bind(after[0]) if after else None,
+        "after_id": after[1] if after else None,
+        "updated_before": time.bind(updated_before) if updated_before else None,
+        "limit": limit,
+    }
+    asked: dict[str, object] = {"user_id": user_id, "project_id": project_id, "after": after}
+    asked |= {"updated_before": updated_before, "limit": limit}
+    given = {name for name, value in asked.items() if value is not None}
+    rows = tx.rows(_sql.session_summaries(given), params)
     return [_rows.summary_from_row(row, time) for row in rows]
 
 
@@ -313,8 +334,8 @@ def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:
     bound = tx.rows(_sql.OLDEST_SESSIONS_BOUND, {"offset": min(excess, batch) - 1})
     if not bound:
         return 0
-    [(updated_at, session_id)] = bound
-    return tx.run(_sql.DELETE_SESSIONS_UP_TO, {"updated_at": updated_at, "id": session_id})
+    newest = _sql.BoundRow._make(bound[0])
+    return tx.run(_sql.DELETE_SESSIONS_UP_TO, {"updated_at": newest.updated_at, "id": newest.id})
 
 
 def save_document(tx: Tx, category: str, name: str, kind: str, content: str, now: datetime) -> None:
@@ -347,10 +368,10 @@ def import_documents(tx: Tx, rows: list[dict[str, Any]], *, replace_newer: bool)
         if not found:
             added += 1
         else:
-            [(content, updated_at)] = found
-            if content == row["content"]:
+            stored = _sql.StampedDocumentRow._make(found[0])
+            if stored.content == row["content"]:
                 continue
-            if updated_at > row["now"] and not replace_newer:
+            if stored.updated_at > row["now"] and not replace_newer:
                 kept += 1
                 continue
             updated += 1
@@ -363,14 +384,11 @@ def list_categories(tx: Tx) -> list[str]:
     return [row[0] for row in tx.rows(_sql.LIST_CATEGORIES, {})]
 
 
-def documents_in(tx: Tx, category: str) -> list[tuple[str, str, str, datetime]]:
-    """Return a category's documents as ``(name, kind, content, updated_at)``, sorted."""
-    return [
-        (name, kind, content, tx.time.read(updated_at))
-        for name, kind, content, updated_at in tx.rows(
-            _sql.DOCUMENTS_IN_CATEGORY, {"category": category}
-        )
-    ]
+def documents_in(tx: Tx, category: str) -> list[_sql.DocumentRow]:
+    """Return a category's documents, sorted by name and kind, ``updated_at`` as a datetime."""
+    read = tx.time.read
+    rows = map(_sql.DocumentRow._make, tx.rows(_sql.DOCUMENTS_IN_CATEGORY, {"category": category}))
+    return [row._replace(updated_at=read(row.updated_at)) for row in rows]
 
 
 def load_document(tx: Tx, category: str, name: str, kind: str) -> str | None:
@@ -387,3 +405,20 @@ def list_document_names(tx: Tx, category: str) -> list[str]:
 def delete_document(tx: Tx, category: str, name: str, kind: str) -> bool:
     """Delete one document; return whether it existed."""
     return tx.run(_sql.DELETE_DOCUMENT, {"category": category, "name": name, "kind": kind}) > 0
+
+
+def list_category(tx: Tx, category: str) -> list[str]:
+    """Return a category's document names, sorted; in ``sessions``, the session ids too."""
+    names = set(list_document_names(tx, category))
+    if category == SESSIONS_CATEGORY:
+        names.update(list_session_ids(tx))
+    return sorted(names)
+
+
+def delete_file(tx: Tx, category: str, name: str) -> bool:
+    """Delete the JSON document (in ``sessions``, the session), else the markdown one."""
+    if category == SESSIONS_CATEGORY:
+        deleted_json = delete_session(tx, name)
+    else:
+        deleted_json = delete_document(tx, category, name, "json")
+    return deleted_json or delete_document(tx, category, name, "markdown")

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from statestore._sql import SessionRow
 from statestore._tracking import RowLog, StoredState
 from statestore._validate import (
     check_json,
@@ -45,8 +46,10 @@ __all__ = [
     "TimeCodec",
     "dump_json_document",
     "message_rows",
+    "messages_from_rows",
     "project_id_of",
     "response_rows",
+    "responses_from_rows",
     "session_from_rows",
     "session_row",
     "summary_from_row",
@@ -233,12 +236,13 @@ def _stored_message_params(session_id: str) -> Callable[[Sequence[Any]], dict[st
     """Turn ``_sql.SELECT_MESSAGES`` rows back into ``_sql.UPSERT_MESSAGE`` parameters."""
 
     def params(row: Sequence[Any]) -> dict[str, Any]:
+        position, content, created_at, extra = row  # a MessageRow
         return {
             "session_id": session_id,
-            "position": row[0],
-            "content": row[1],
-            "created_at": row[2],
-            "extra": _as_json_text(row[3]),
+            "position": position,
+            "content": content,
+            "created_at": created_at,
+            "extra": _as_json_text(extra),
         }
 
     return params
@@ -248,96 +252,114 @@ def _stored_response_params(session_id: str) -> Callable[[Sequence[Any]], dict[s
     """Turn ``_sql.SELECT_RESPONSES`` rows back into ``_sql.UPSERT_RESPONSE`` parameters."""
 
     def params(row: Sequence[Any]) -> dict[str, Any]:
+        (
+            position,
+            content,
+            reported_session_id,
+            seed_id,
+            phase_reached,
+            evaluation_passed,
+            created_at,
+            extra,
+        ) = row  # a ResponseRow
         return {
             "session_id": session_id,
-            "position": row[0],
-            "content": row[1],
-            "reported_session_id": row[2],
-            "seed_id": row[3],
-            "phase_reached": row[4],
-            "evaluation_passed": None if row[5] is None else bool(row[5]),
-            "created_at": row[6],
-            "extra": _as_json_text(row[7]),
+            "position": position,
+            "content": content,
+            "reported_session_id": reported_session_id,
+            "seed_id": seed_id,
+            "phase_reached": phase_reached,
+            "evaluation_passed": None if evaluation_passed is None else bool(evaluation_passed),
+            "created_at": created_at,
+            "extra": _as_json_text(extra),
         }
 
     return params
 
 
-def _messages(rows: Iterable[Sequence[Any]], read: Callable[[Any], datetime]) -> list[UserMessage]:
-    # Row: position, content, created_at, extra.
+def messages_from_rows(
+    rows: Iterable[Sequence[Any]], read: Callable[[Any], datetime]
+) -> list[UserMessage]:
+    """Build user messages from ``_sql.MessageRow`` rows (unpacked by name: there are many)."""
     return [
         build(
             UserMessage,
-            {"content": row[1], "timestamp": read(row[2])},
-            _load_json(row[3]) if row[3] is not None else {},
+            {"content": content, "timestamp": read(created_at)},
+            _load_json(extra) if extra is not None else {},
         )
-        for row in rows
+        for position, content, created_at, extra in rows
     ]
 
 
-def _responses(
+def responses_from_rows(
     rows: Iterable[Sequence[Any]], read: Callable[[Any], datetime]
 ) -> list[AgentResponse]:
-    # Row: position, content, reported_session_id, seed_id, phase_reached,
-    # evaluation_passed, created_at, extra.
+    """Build agent responses from ``_sql.ResponseRow`` rows (unpacked by name)."""
     return [
         build(
             AgentResponse,
             {
-                "content": row[1],
-                "session_id": row[2],
-                "seed_id": row[3],
-                "phase_reached": row[4],
-                "evaluation_passed": None if row[5] is None else bool(row[5]),
-                "timestamp": read(row[6]),
+                "content": content,
+                "session_id": reported_session_id,
+                "seed_id": seed_id,
+                "phase_reached": phase_reached,
+                "evaluation_passed": None if evaluation_passed is None else bool(evaluation_passed),
+                "timestamp": read(created_at),
             },
-            _load_json(row[7]) if row[7] is not None else {},
+            _load_json(extra) if extra is not None else {},
         )
-        for row in rows
+        for (
+            position,
+            content,
+            reported_session_id,
+            seed_id,
+            phase_reached,
+            evaluation_passed,
+            created_at,
+            extra,
+        ) in rows
     ]
 
 
 def session_from_rows(
-    row: Sequence[Any],
+    row: SessionRow,
     message_rows: Sequence[Sequence[Any]],
     response_rows: Sequence[Sequence[Any]],
     time: TimeCodec,
 ) -> Session:
-    """Build a :class:`Session` from its row (``_sql.LOAD_SESSION``) and its child rows.
+    """Build a :class:`Session` from its row and its child rows.
 
     The session remembers the state it was loaded as, rows included, so saving it after
     appending writes only the appended rows.
     """
-    # Row: id, user_id, active_seed_id, active_persona_id, message_count, response_count,
-    # created_at, updated_at, metadata, extra, state_token, unset_fields.
     session = build(
         Session,
         {
-            "id": row[0],
-            "user_id": row[1],
-            "user_messages": History(_messages(message_rows, time.read)),
-            "agent_responses": History(_responses(response_rows, time.read)),
-            "active_seed_id": row[2],
-            "active_persona_id": row[3],
-            "created_at": time.read(row[6]),
-            "updated_at": time.read(row[7]),
-            "metadata": _load_json(row[8]),
+            "id": row.id,
+            "user_id": row.user_id,
+            "user_messages": History(messages_from_rows(message_rows, time.read)),
+            "agent_responses": History(responses_from_rows(response_rows, time.read)),
+            "active_seed_id": row.active_seed_id,
+            "active_persona_id": row.active_persona_id,
+            "created_at": time.read(row.created_at),
+            "updated_at": time.read(row.updated_at),
+            "metadata": _load_json(row.metadata),
         },
-        _load_json(row[9]) if row[9] is not None else {},
+        _load_json(row.extra) if row.extra is not None else {},
         {"_stored": None},
-        _load_json(row[11]) if row[11] is not None else (),
+        _load_json(row.unset_fields) if row.unset_fields is not None else (),
     )
     session._stored = StoredState.of(
-        row[10],
+        row.state_token,
         session,
-        RowLog.extend(None, message_rows, _stored_message_params(row[0])),
-        RowLog.extend(None, response_rows, _stored_response_params(row[0])),
+        RowLog.extend(None, message_rows, _stored_message_params(row.id)),
+        RowLog.extend(None, response_rows, _stored_response_params(row.id)),
     )
     return session
 
 
 def tail_from_rows(
-    row: Sequence[Any],
+    row: SessionRow,
     message_start: int,
     response_start: int,
     message_rows: Iterable[Sequence[Any]],
@@ -346,28 +368,29 @@ def tail_from_rows(
 ) -> SessionTail:
     """Build a :class:`SessionTail` from a session row and its last child rows."""
     return SessionTail(
-        session_id=row[0],
-        user_id=row[1],
-        message_count=row[4],
-        response_count=row[5],
+        session_id=row.id,
+        user_id=row.user_id,
+        message_count=row.message_count,
+        response_count=row.response_count,
         message_start=message_start,
         response_start=response_start,
-        user_messages=_messages(message_rows, time.read),
-        agent_responses=_responses(response_rows, time.read),
+        user_messages=messages_from_rows(message_rows, time.read),
+        agent_responses=responses_from_rows(response_rows, time.read),
     )
 
 
 def summary_from_row(row: Sequence[Any], time: TimeCodec) -> SessionSummary:
-    """Build a :class:`SessionSummary` from a ``_sql.SESSION_SUMMARIES`` row."""
+    """Build a :class:`SessionSummary` from a ``_sql.SummaryRow`` (unpacked by name)."""
+    id_, user_id, message_count, active_seed_id, project_id, created_at, updated_at = row
     return build(
         SessionSummary,
         {
-            "id": row[0],
-            "user_id": row[1],
-            "message_count": row[2],
-            "active_seed_id": row[3],
-            "project_id": row[4],
-            "created_at": time.read(row[5]),
-            "updated_at": time.read(row[6]),
+            "id": id_,
+            "user_id": user_id,
+            "message_count": message_count,
+            "active_seed_id": active_seed_id,
+            "project_id": project_id,
+            "created_at": time.read(created_at),
+            "updated_at": time.read(updated_at),
         },
     )

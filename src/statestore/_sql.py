@@ -8,6 +8,8 @@ in ``(updated_at, id)``.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 __all__ = [
     "COUNT_DOCUMENTS",
     "COUNT_SESSIONS",
@@ -36,7 +38,6 @@ __all__ = [
     "PRUNABLE_STALE",
     "SELECT_MESSAGES",
     "SELECT_RESPONSES",
-    "SESSION_SUMMARIES",
     "SESSION_TOKENS",
     "STALE_SESSION_EXISTS",
     "STATS_DAYS",
@@ -46,6 +47,15 @@ __all__ = [
     "UPSERT_MESSAGE",
     "UPSERT_RESPONSE",
     "UPSERT_SESSION",
+    "BoundRow",
+    "DocumentRow",
+    "MessageRow",
+    "ResponseRow",
+    "SessionRow",
+    "StampedDocumentRow",
+    "SummaryRow",
+    "TokenRow",
+    "session_summaries",
 ]
 
 _SESSION_VALUES = (
@@ -82,14 +92,102 @@ INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES ({_SESSION_VALUES})
 ON CONFLICT (id) DO NOTHING
 """
 
-SESSION_TOKENS = "SELECT id, state_token FROM sessions WHERE id IN ({placeholders}) ORDER BY id"
+# -- row types: what each SELECT returns, read by name. A SELECT builds its column list from
+# its row type, so the two cannot drift; timestamps and JSON are in storage form (``Any``:
+# text on SQLite, datetimes and text on PostgreSQL).
+
+
+def _columns(row_type: type[tuple[Any, ...]]) -> str:
+    return ", ".join(row_type._fields)  # type: ignore[attr-defined]
+
+
+class TokenRow(NamedTuple):
+    """A session's stored state token."""
+
+    id: str
+    state_token: int
+
+
+class SessionRow(NamedTuple):
+    """A session's own row, as a load reads it."""
+
+    id: str
+    user_id: str
+    active_seed_id: str | None
+    active_persona_id: str | None
+    message_count: int
+    response_count: int
+    created_at: Any
+    updated_at: Any
+    metadata: Any
+    extra: Any
+    state_token: int
+    unset_fields: Any
+
+
+class MessageRow(NamedTuple):
+    """One stored user message (read per row: unpacked, not wrapped)."""
+
+    position: int
+    content: str
+    created_at: Any
+    extra: Any
+
+
+class ResponseRow(NamedTuple):
+    """One stored agent response (read per row: unpacked, not wrapped)."""
+
+    position: int
+    content: str
+    reported_session_id: str | None
+    seed_id: str | None
+    phase_reached: str | None
+    evaluation_passed: Any
+    created_at: Any
+    extra: Any
+
+
+class SummaryRow(NamedTuple):
+    """What a listing shows of one session (read per row: unpacked, not wrapped)."""
+
+    id: str
+    user_id: str
+    message_count: int
+    active_seed_id: str | None
+    project_id: str | None
+    created_at: Any
+    updated_at: Any
+
+
+class BoundRow(NamedTuple):
+    """Where a count prune stops: the newest session it may delete."""
+
+    updated_at: Any
+    id: str
+
+
+class StampedDocumentRow(NamedTuple):
+    """A document's content and when it was last saved."""
+
+    content: str
+    updated_at: Any
+
+
+class DocumentRow(NamedTuple):
+    """One document of a category, as export writes it."""
+
+    name: str
+    kind: str
+    content: str
+    updated_at: Any
+
+
+SESSION_TOKENS = (
+    f"SELECT {_columns(TokenRow)} FROM sessions WHERE id IN ({{placeholders}}) ORDER BY id"
+)
 """Format ``placeholders`` with one ``:idN`` per session id."""
 
-LOAD_SESSION = """
-SELECT id, user_id, active_seed_id, active_persona_id, message_count, response_count,
-       created_at, updated_at, metadata, extra, state_token, unset_fields
-FROM sessions WHERE id = :id
-"""
+LOAD_SESSION = f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = :id"
 
 INSERT_MESSAGE = """
 INSERT INTO messages (session_id, position, content, created_at, extra)
@@ -127,24 +225,39 @@ DELETE_RESPONSES_FROM = (
     "DELETE FROM responses WHERE session_id = :session_id AND position >= :position"
 )
 
-SELECT_MESSAGES = """
-SELECT position, content, created_at, extra FROM messages
+SELECT_MESSAGES = f"""
+SELECT {_columns(MessageRow)} FROM messages
 WHERE session_id = :session_id AND position >= :start ORDER BY position
 """
 
-SELECT_RESPONSES = """
-SELECT position, content, reported_session_id, seed_id, phase_reached, evaluation_passed,
-       created_at, extra
+SELECT_RESPONSES = f"""
+SELECT {_columns(ResponseRow)}
 FROM responses WHERE session_id = :session_id AND position >= :start ORDER BY position
 """
 
-_SUMMARY_COLUMNS = "id, user_id, message_count, active_seed_id, project_id, created_at, updated_at"
+_SUMMARY_COLUMNS = _columns(SummaryRow)
 
-SESSION_SUMMARIES = f"""
-SELECT {_SUMMARY_COLUMNS}
-FROM sessions {{where}} ORDER BY updated_at DESC, id DESC {{limit}}
-"""
-"""Format ``where`` (conditions from ``statestore._ops``) and ``limit``."""
+_LISTING_FILTERS = {
+    "user_id": "user_id = :user_id",
+    "project_id": "project_id = :project_id",
+    "after": "(updated_at, id) < (:after_updated_at, :after_id)",
+    "updated_before": "updated_at < :updated_before",
+}
+"""Each filter a listing may take, by the argument that asks for it."""
+
+
+def session_summaries(given: set[str]) -> str:
+    """The listing of summaries with the filters ``given`` (and ``"limit"`` for a page).
+
+    Every combination is served by an index ending in ``(updated_at, id)``.
+    """
+    conditions = [sql for name, sql in _LISTING_FILTERS.items() if name in given]
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    page = "LIMIT :limit" if "limit" in given else ""
+    return (
+        f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} ORDER BY updated_at DESC, id DESC {page}"
+    )
+
 
 DELETE_SESSION = "DELETE FROM sessions WHERE id = :id"
 
@@ -181,7 +294,7 @@ DELETE FROM sessions WHERE id IN (
 """
 
 OLDEST_SESSIONS_BOUND = f"""
-SELECT updated_at, id FROM sessions {_OLDEST_FIRST} LIMIT 1 OFFSET :offset
+SELECT {_columns(BoundRow)} FROM sessions {_OLDEST_FIRST} LIMIT 1 OFFSET :offset
 """
 """The newest of the ``:offset + 1`` least recently updated sessions."""
 
@@ -211,8 +324,8 @@ LOAD_DOCUMENT = """
 SELECT content FROM documents WHERE category = :category AND name = :name AND kind = :kind
 """
 
-LOAD_DOCUMENT_STAMPED = """
-SELECT content, updated_at FROM documents
+LOAD_DOCUMENT_STAMPED = f"""
+SELECT {_columns(StampedDocumentRow)} FROM documents
 WHERE category = :category AND name = :name AND kind = :kind
 """
 
@@ -220,8 +333,8 @@ LIST_DOCUMENT_NAMES = "SELECT name FROM documents WHERE category = :category"
 
 LIST_CATEGORIES = "SELECT DISTINCT category FROM documents ORDER BY category"
 
-DOCUMENTS_IN_CATEGORY = """
-SELECT name, kind, content, updated_at FROM documents
+DOCUMENTS_IN_CATEGORY = f"""
+SELECT {_columns(DocumentRow)} FROM documents
 WHERE category = :category ORDER BY name, kind
 """
 

@@ -32,7 +32,13 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from statestore.errors import InvalidDataError, InvalidNameError
-from statestore.models import FILE_CONTEXT, Session, to_storable_utc
+from statestore.models import (
+    FILE_CONTEXT,
+    MAX_JSON_DEPTH,
+    MAX_TEXT_LENGTH,
+    Session,
+    to_storable_utc,
+)
 
 __all__ = [
     "MAX_FILE_NAME_BYTES",
@@ -51,16 +57,6 @@ __all__ = [
     "session_from_document",
     "session_from_json",
 ]
-
-MAX_JSON_DEPTH = 64
-"""How deeply JSON containers may nest in metadata, unmodelled fields and JSON documents."""
-
-MAX_TEXT_LENGTH = 16 * 1024 * 1024
-"""The most characters one text value (a message, a document, a JSON value as text) may hold.
-
-Far above any conversation turn, far below what SQLite (1 GB) and PostgreSQL (1 GB) accept,
-so an accidental blob fails with a clear error instead of bloating every load.
-"""
 
 MAX_FILE_NAME_BYTES = 255
 """The longest file name (in bytes) that common file systems hold."""

@@ -21,18 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
 from statestore import _ops, _rows, _validate
+from statestore._database import Database
+from statestore._sql import DocumentRow
 from statestore._tx import Tx
 from statestore._validate import SESSIONS_CATEGORY, check_category, check_name
 from statestore.errors import InvalidArgumentError, InvalidDataError, InvalidNameError
 from statestore.models import Session
-
-if TYPE_CHECKING:
-    from statestore.store import StateStore
 
 __all__ = [
     "TEMP_SUFFIX",
@@ -261,7 +260,7 @@ Progress = Callable[[int, int], None]
 
 
 def _read_batch(
-    store: StateStore, root: Path, paths: list[str], skipped: list[SkippedFile]
+    database: Database, root: Path, paths: list[str], skipped: list[SkippedFile]
 ) -> tuple[list[tuple[_ops.SaveJob, Session]], list[dict[str, Any]]]:
     """Read, check and turn into rows one batch of files (in a worker thread)."""
     sessions: list[tuple[_ops.SaveJob, Session]] = []
@@ -272,7 +271,7 @@ def _read_batch(
             skipped.append(read)
         elif isinstance(read, SessionFile):
             try:
-                job, _ = store._save_job(read.session)
+                job, _ = database.plan_save(read.session)
             except InvalidDataError as exc:
                 skipped.append(SkippedFile(path, str(exc)))
                 continue
@@ -284,7 +283,7 @@ def _read_batch(
                     "name": read.name,
                     "kind": read.kind,
                     "content": read.content,
-                    "now": store._time.bind(read.modified_at),
+                    "now": database.time.bind(read.modified_at),
                 }
             )
     return sessions, documents
@@ -303,18 +302,22 @@ def _import_batch(
 
 
 async def import_directory(
-    store: StateStore, root: Path, progress: Progress | None = None, *, replace_newer: bool = False
+    database: Database,
+    root: Path,
+    progress: Progress | None = None,
+    *,
+    replace_newer: bool = False,
 ) -> ImportReport:
     """Import a file store's directory; see :meth:`StateStore.import_directory`."""
-    store._check_writable("import_directory")
+    database.check_writable("import_directory")
     paths, temp_files = await asyncio.to_thread(find_files, root)
     report = ImportReport(temp_files=temp_files)
     for start in range(0, len(paths), IMPORT_BATCH):
         batch = paths[start : start + IMPORT_BATCH]
         sessions, documents = await asyncio.to_thread(
-            _read_batch, store, root, batch, report.skipped
+            _read_batch, database, root, batch, report.skipped
         )
-        session_counts, document_counts = await store._write(
+        session_counts, document_counts = await database.write(
             "import_directory",
             partial(
                 _import_batch,
@@ -362,20 +365,17 @@ def _write_sessions(root: Path, sessions: list[Session], skipped: list[SkippedFi
 
 
 def _write_documents(
-    root: Path,
-    category: str,
-    rows: list[tuple[str, str, str, datetime]],
-    skipped: list[SkippedFile],
+    root: Path, category: str, rows: list[DocumentRow], skipped: list[SkippedFile]
 ) -> int:
     return sum(
         _write_or_skip(
             root,
-            document_path(category, name, kind),
-            json_document_text(content) if kind == "json" else content,
-            updated_at,
+            document_path(category, row.name, row.kind),
+            json_document_text(row.content) if row.kind == "json" else row.content,
+            row.updated_at,
             skipped,
         )
-        for name, kind, content, updated_at in rows
+        for row in rows
     )
 
 
@@ -394,33 +394,49 @@ def _check_export_target(root: Path, overwrite: bool) -> None:
         )
 
 
+def _load_sessions(tx: Tx, session_ids: list[str]) -> list[Session]:
+    """Load these sessions in one read; a session deleted meanwhile is left out."""
+    loaded = (_ops.load_session(tx, session_id) for session_id in session_ids)
+    return [session for session in loaded if session is not None]
+
+
+async def check_export_target(root: Path, *, overwrite: bool) -> None:
+    """Refuse an export target that is a file, or a directory with files (unless overwrite).
+
+    Raises:
+        InvalidArgumentError: ``root`` is not a directory, cannot be read, or is not empty.
+    """
+    await asyncio.to_thread(_check_export_target, root, overwrite)
+
+
 async def export_directory(
-    store: StateStore,
+    database: Database,
     root: Path,
+    session_ids: list[str],
     *,
-    user_id: str | None,
-    overwrite: bool,
+    documents: bool,
     progress: Progress | None,
 ) -> ExportReport:
-    """Write the store out as a file store; see :meth:`StateStore.export_directory`."""
-    if user_id is not None:
-        _validate.check_text("user_id", user_id)
-    await asyncio.to_thread(_check_export_target, root, overwrite)
-    session_ids = [summary.id async for summary in store.iter_sessions(user_id=user_id)]
-    categories = [] if user_id is not None else await store.list_categories()
+    """Write these sessions, and every document if ``documents``, as a file store.
+
+    See :meth:`StateStore.export_directory`; check the target first with
+    :func:`check_export_target`.
+    """
+    categories = await database.read("export_directory", _ops.list_categories) if documents else []
     total = len(session_ids) + len(categories)
     report = ExportReport()
     for start in range(0, len(session_ids), EXPORT_BATCH):
-        loaded = [
-            await store.load_session(session_id)
-            for session_id in session_ids[start : start + EXPORT_BATCH]
-        ]
-        sessions = [session for session in loaded if session is not None]  # deleted meanwhile
+        batch = session_ids[start : start + EXPORT_BATCH]
+        sessions = await database.read(
+            "export_directory", partial(_load_sessions, session_ids=batch)
+        )
         report.sessions += await asyncio.to_thread(_write_sessions, root, sessions, report.skipped)
         if progress is not None:
-            progress(start + len(loaded), total)
+            progress(start + len(batch), total)
     for done, category in enumerate(categories, start=1):
-        rows = await store._read("export_directory", partial(_ops.documents_in, category=category))
+        rows = await database.read(
+            "export_directory", partial(_ops.documents_in, category=category)
+        )
         report.documents += await asyncio.to_thread(
             _write_documents, root, category, rows, report.skipped
         )

@@ -36,6 +36,8 @@ from statestore.errors import InvalidDataError
 
 __all__ = [
     "FILE_CONTEXT",
+    "MAX_JSON_DEPTH",
+    "MAX_TEXT_LENGTH",
     "MAX_TIMESTAMP",
     "MIN_TIMESTAMP",
     "OMITTABLE_FIELDS",
@@ -49,6 +51,16 @@ __all__ = [
     "format_timestamp",
     "to_storable_utc",
 ]
+
+MAX_JSON_DEPTH = 64
+"""How deeply JSON containers may nest in metadata, unmodelled fields and JSON documents."""
+
+MAX_TEXT_LENGTH = 16 * 1024 * 1024
+"""The most characters one text value (a message, a document, a JSON value as text) may hold.
+
+Far above any conversation turn, far below what SQLite (1 GB) and PostgreSQL (1 GB) accept,
+so an accidental blob fails with a clear error instead of bloating every load.
+"""
 
 MIN_TIMESTAMP = datetime(1, 1, 2, tzinfo=UTC)
 """The earliest instant statestore stores (one day after ``datetime.min``).

@@ -1,16 +1,27 @@
-"""When old sessions are removed: the prune rules and a throttle for how often to apply them."""
+"""When old sessions are removed: the prune rules, how a prune applies them, and a throttle.
+
+A prune deletes first every session past the TTL, then the least recently updated beyond
+the maximum, in batches; its dry run (:func:`prunable`) asks the same SQL without deleting.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from statestore.models import MIN_TIMESTAMP
+from statestore import _ops
+from statestore._database import Database
+from statestore.errors import InvalidArgumentError
+from statestore.models import MIN_TIMESTAMP, SessionSummary
 
-__all__ = ["PruneConfig", "PruneThrottle"]
+__all__ = ["PRUNE_BATCH", "PruneConfig", "PruneThrottle", "check_config", "prunable", "prune"]
+
+PRUNE_BATCH = 1_000
+"""Sessions deleted per prune transaction, so that saves interleave with a large prune."""
 
 
 class PruneConfig(BaseModel):
@@ -58,3 +69,51 @@ class PruneThrottle:
                 return False
             self._last = now
             return True
+
+
+def check_config(config: object) -> PruneConfig:
+    """Return ``config`` if it is a :class:`PruneConfig`, else raise InvalidArgumentError."""
+    if not isinstance(config, PruneConfig):
+        raise InvalidArgumentError("config", f"must be a PruneConfig, not {config!r}")
+    return config
+
+
+async def prune(database: Database, config: PruneConfig) -> int:
+    """Apply ``config`` to ``database``: delete what it rules out; return how many went.
+
+    When there is nothing to delete this costs two indexed lookups; otherwise sessions go
+    in set-based batches of :data:`PRUNE_BATCH`, each its own transaction. A batch goes on
+    until one deletes nothing: a batch can delete fewer than it aimed at while there is
+    more to do, when a concurrent save made one of its sessions fresh (that one is kept).
+    """
+    cutoff = config.cutoff()
+    pending = await database.read(
+        "prune_sessions",
+        partial(_ops.prune_pending, cutoff=cutoff, max_sessions=config.max_sessions),
+    )
+    if not pending:
+        return 0
+    deleted = 0
+    if cutoff is not None:
+        while removed := await database.write(
+            "prune_sessions",
+            partial(_ops.delete_stale_sessions, cutoff=cutoff, batch=PRUNE_BATCH),
+        ):
+            deleted += removed
+    if config.max_sessions:
+        while removed := await database.write(
+            "prune_sessions",
+            partial(
+                _ops.delete_excess_sessions, max_sessions=config.max_sessions, batch=PRUNE_BATCH
+            ),
+        ):
+            deleted += removed
+    return deleted
+
+
+async def prunable(database: Database, config: PruneConfig) -> list[SessionSummary]:
+    """Return what :func:`prune` would delete now, in its order, asking the same SQL."""
+    return await database.read(
+        "prunable_sessions",
+        partial(_ops.prunable_sessions, cutoff=config.cutoff(), max_sessions=config.max_sessions),
+    )

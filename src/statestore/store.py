@@ -1,38 +1,58 @@
-"""The repository: sessions and named documents in SQL, with the file store's contract."""
+"""The repository: sessions and named documents in SQL, with the file store's contract.
+
+:class:`StateStore` is the one public class. It holds a :class:`~statestore._database.Database`
+and each method reads as: check the input (:mod:`statestore._validate`), plan the rows
+(:mod:`statestore._rows`), one read or write of an operation in :mod:`statestore._ops`.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, Self, TypeVar, overload
 
 from pydantic import BaseModel
 from sqlalchemy import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore import _ops, _rows, _validate, filestore
+from statestore import _ops, _rows, filestore, prune
 from statestore import migrate as migrations
+from statestore._database import Database, Queued, SessionUpdate, acknowledged
 from statestore._engine import Synchronous, create_engine, resolve_url
-from statestore._tx import Tx
 from statestore._validate import (
     SESSIONS_CATEGORY,
     check_category,
     check_name,
+    check_text,
+    check_timestamp,
     check_writable_category,
     check_writable_name,
+    session_from_document,
 )
 from statestore.errors import InvalidArgumentError
-from statestore.models import MIN_TIMESTAMP
-from statestore.sessions import SessionStore
+from statestore.models import MIN_TIMESTAMP, Session, SessionSummary, SessionTail
+from statestore.prune import PruneConfig, PruneThrottle
 from statestore.stats import StoreStats, read_stats
 
-__all__ = ["StateStore"]
+__all__ = ["MAX_COUNT", "SessionUpdate", "StateStore"]
+
+logger = logging.getLogger("statestore")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+MAX_COUNT = 2**63 - 1
+"""The largest ``limit`` or ``page_size`` (the databases' 64-bit integers)."""
+
+
+def _check_count(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
+        raise InvalidArgumentError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
 
 
 class _Opening:
@@ -59,7 +79,7 @@ class _Opening:
             await self._store.close()
 
 
-class StateStore(SessionStore):
+class StateStore:
     """Sessions and named documents kept in SQL tables.
 
     Open one with :meth:`open` (statestore creates and owns the engine), or wrap an
@@ -76,11 +96,16 @@ class StateStore(SessionStore):
         engine: An async SQLAlchemy engine on a SQLite file (aiosqlite) or PostgreSQL
             (asyncpg) whose database has statestore's schema (see :mod:`statestore.migrate`).
         synchronous: SQLite's ``synchronous`` level for the store's own connections.
-        busy_timeout: Seconds a SQLite connection waits for another process's lock.
+        busy_timeout: Seconds a SQLite write waits for another process's lock.
 
     Raises:
-        InvalidDataError: The engine is on an in-memory SQLite database.
+        InvalidArgumentError: The engine is not SQLite or PostgreSQL, or is in memory.
     """
+
+    def __init__(
+        self, engine: AsyncEngine, *, synchronous: Synchronous = "FULL", busy_timeout: float = 30.0
+    ) -> None:
+        self._db = Database(engine, synchronous=synchronous, busy_timeout=busy_timeout)
 
     @classmethod
     def open(
@@ -104,21 +129,19 @@ class StateStore(SessionStore):
             synchronous: SQLite's ``synchronous`` level. ``"FULL"`` (the default) keeps
                 every acknowledged save through a power loss; ``"NORMAL"`` is faster and
                 keeps them through an application crash only.
-            busy_timeout: Seconds a SQLite connection waits for another process's lock.
+            busy_timeout: Seconds a SQLite write waits for another process's lock.
 
         Raises:
-            InvalidDataError: ``target`` or an option is not valid.
+            InvalidArgumentError: ``target`` or an option is not valid.
             SchemaVersionError: With ``migrate=False``, the database is not at the newest
                 revision; with either, it is at a revision newer than this statestore.
             DatabaseError: The database cannot be opened or migrated.
         """
 
         async def opener() -> StateStore:
-            engine = create_engine(
-                resolve_url(target),
-                synchronous=synchronous,
-                busy_timeout_ms=int(busy_timeout * 1000),
-            )
+            url = resolve_url(target)
+            busy_timeout_ms = int(busy_timeout * 1000)
+            engine = create_engine(url, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
             try:
                 if migrate:
                     await migrations.upgrade(engine)
@@ -128,37 +151,285 @@ class StateStore(SessionStore):
             except BaseException:
                 await engine.dispose()
                 raise
-            store._owns_engine = True
+            store._db.owns_engine = True
             return store
 
         return _Opening(opener)
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine this store runs on."""
+        return self._db.engine
+
+    async def close(self) -> None:
+        """Finish queued writes and background prunes, then release every connection.
+
+        Idempotent, and safe to cancel: the closing goes on, and a later ``close()`` waits
+        for it to finish. A store that opened its own engine disposes of it.
+        """
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def save_session(self, session: Session) -> Awaitable[None]:
+        """Store ``session`` whole: loading it again returns exactly this state.
+
+        The state is captured when this is called, not when the result is awaited: what
+        is stored is the session as it was at the call, however it changes afterwards,
+        and saves of one session id commit in the order they were called (called from
+        another thread, for the store's loop to run, a save is queued when it starts).
+        Await the result for the acknowledgement: it returns after the commit. A save
+        whose caller is cancelled, or times out, still commits (in its turn) or fails, as
+        a whole.
+
+        A session that was loaded (or saved) by this very object and since only had
+        messages and responses appended writes just the session row and the new rows;
+        anything else -- edits, removals, a copy or an unpickled session, a stored state
+        changed by another save -- rewrites the session whole, so the last save wins, whole.
+
+        Raises:
+            InvalidNameError: The session id breaks the naming rules.
+            InvalidDataError: A field cannot be stored (the error names it); nothing is
+                written. Raised by the call itself.
+            DatabaseError: The database failed; nothing is written.
+        """
+        return acknowledged(self._db.capture_save(session))
+
+    def update_session(self, session: Session) -> Awaitable[None]:
+        """Same as :meth:`save_session`."""
+        return self.save_session(session)
+
+    async def load_session(self, session_id: str) -> Session | None:
+        """Return the stored session with this id, or ``None`` if there is none."""
+        check_name(session_id, kind="session id")
+        return await self._db.read(
+            "load_session", partial(_ops.load_session, session_id=session_id)
+        )
+
+    async def load_tail(self, session_id: str, count: int) -> SessionTail | None:
+        """Return a session's last ``count`` messages and responses with their positions.
+
+        Reads only those rows, however long the history: for building a prompt. The result
+        is a :class:`SessionTail`, not a :class:`Session`, so it cannot be saved as one.
+        """
+        check_name(session_id, kind="session id")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise InvalidArgumentError("count", f"must be an int >= 0, not {count!r}")
+        return await self._db.read(
+            "load_tail", partial(_ops.load_tail, session_id=session_id, count=count)
+        )
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        limit: int | None = None,
+        after: SessionSummary | None = None,
+        updated_before: datetime | None = None,
+    ) -> list[SessionSummary]:
+        """Return session summaries, most recently updated first (ties: higher id first).
+
+        With no arguments, every session. Never reads messages.
+
+        Args:
+            user_id: Only this user's sessions.
+            project_id: Only sessions of this project.
+            limit: At most this many (a page).
+            after: Only sessions listed after this summary: pass a page's last summary to
+                get the next page.
+            updated_before: Only sessions last updated before this instant.
+        """
+        if user_id is not None:
+            check_text("user_id", user_id)
+        if project_id is not None:
+            check_text("project_id", project_id)
+        if after is not None and not isinstance(after, SessionSummary):
+            raise InvalidArgumentError("after", "must be a SessionSummary from a listing")
+        if updated_before is not None:
+            check_timestamp("updated_before", updated_before)
+        if limit is not None:
+            _check_count("limit", limit)
+        listing = partial(
+            _ops.list_summaries,
+            user_id=user_id,
+            project_id=project_id,
+            after=(after.updated_at, after.id) if after is not None else None,
+            updated_before=updated_before,
+            limit=limit,
+        )
+        return await self._db.read("list_sessions", listing)
+
+    async def iter_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        project_id: str | None = None,
+        page_size: int = 500,
+    ) -> AsyncIterator[SessionSummary]:
+        """Yield every matching summary, newest first, reading one page at a time.
+
+        The same order and filters as :meth:`list_sessions`, holding at most ``page_size``
+        summaries in memory however many sessions there are.
+        """
+        _check_count("page_size", page_size)
+        after: SessionSummary | None = None
+        while True:
+            page = await self.list_sessions(
+                user_id=user_id, project_id=project_id, limit=page_size, after=after
+            )
+            for summary in page:
+                yield summary
+            if len(page) < page_size:
+                return
+            after = page[-1]
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete a session with its messages and responses; return whether it existed."""
+        check_name(session_id, kind="session id")
+        delete = partial(_ops.delete_session, session_id=session_id)
+        return await self._db.write("delete_session", delete, key=session_id)
+
+    async def get_or_create_session(self, user_id: str, session_id: str | None = None) -> Session:
+        """Return the session with ``session_id``, creating and saving it when missing.
+
+        With no ``session_id`` a new session with a fresh id is created. An existing session
+        is returned as stored, whatever its ``user_id``. Atomic: racing callers get one session.
+        """
+        check_text("user_id", user_id)
+        if session_id is None:
+            new_session = Session(user_id=user_id)
+        else:
+            new_session = Session(user_id=user_id, id=check_name(session_id, kind="session id"))
+        existing = await self._db.insert_if_missing(new_session)
+        return new_session if existing is None else existing
+
+    async def update_session_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
+        """Load a session, apply ``fn`` to it, and save it, all in one write transaction.
+
+        ``fn`` (sync or async) changes the session in place or returns a replacement. It
+        runs on the event loop while the store's write transaction is held, so it must not
+        write through this store (reads are fine); keep it short. Concurrent calls on one
+        session never lose each other's changes.
+
+        Returns:
+            The saved session, or ``None`` if no session has this id (``fn`` is not called).
+
+        Raises:
+            Exception: Whatever ``fn`` raises; nothing is saved then.
+            InvalidDataError: ``fn`` left the session unstorable or changed its id.
+            ReentrantWriteError: ``fn`` wrote through the store.
+        """
+        check_name(session_id, kind="session id")
+        if not callable(fn):
+            raise InvalidArgumentError("fn", f"must be a function of the session, not {fn!r}")
+        return await self._db.update_with(session_id, fn)
+
+    async def delete_user(self, user_id: str) -> int:
+        """Delete every session of one user, with their messages and responses.
+
+        One transaction: a privacy-law erasure request either happens whole or not at all.
+        Documents are not touched (they belong to no user).
+
+        Returns:
+            How many sessions were deleted.
+        """
+        check_text("user_id", user_id)
+        delete = partial(_ops.delete_user_sessions, user_id=user_id)
+        return await self._db.write("delete_user", delete)
+
+    async def prune_sessions(self, config: PruneConfig) -> int:
+        """Delete old sessions and return how many were deleted.
+
+        First every session not updated within ``config.ttl_hours``, then the least recently
+        updated beyond ``config.max_sessions``. A rule set to 0 is off. When there is
+        nothing to delete this costs two indexed lookups; otherwise sessions go in
+        set-based batches of :data:`~statestore.prune.PRUNE_BATCH`, each its own
+        transaction. A prune never deletes a session that a concurrent save made fresh.
+        """
+        return await prune.prune(self._db, prune.check_config(config))
+
+    async def prunable_sessions(self, config: PruneConfig) -> list[SessionSummary]:
+        """Return the sessions :meth:`prune_sessions` would delete now, deleting nothing.
+
+        The same rule as the prune, asked with the same SQL: first every session past the
+        TTL, then the least recently updated beyond ``config.max_sessions``, in the order a
+        prune deletes them (least recently updated first).
+        """
+        return await prune.prunable(self._db, prune.check_config(config))
+
+    def save_session_with_prune(
+        self,
+        session: Session,
+        config: PruneConfig,
+        *,
+        throttle: PruneThrottle | None = None,
+    ) -> Awaitable[None]:
+        """Save ``session``, then prune in a background task the caller does not wait for.
+
+        The save is captured when this is called, as with :meth:`save_session`; the prune
+        starts once the result is awaited and the save acknowledged. Prune errors are
+        logged on the ``statestore`` logger. :meth:`close` waits for a prune still running.
+
+        Args:
+            session: The session to save.
+            config: The prune rules.
+            throttle: When given, prune only if ``throttle.should_prune()`` lets it through.
+        """
+        prune.check_config(config)
+        if throttle is not None and not isinstance(throttle, PruneThrottle):
+            raise InvalidArgumentError("throttle", f"must be a PruneThrottle, not {throttle!r}")
+        return self._prune_after(self._db.capture_save(session), config, throttle)
+
+    async def _prune_after(
+        self, queued: Queued, config: PruneConfig, throttle: PruneThrottle | None
+    ) -> None:
+        await acknowledged(queued)
+        if throttle is None or throttle.should_prune():
+            self._db.in_background(self._prune_in_background(config))
+
+    async def _prune_in_background(self, config: PruneConfig) -> None:
+        try:
+            deleted = await self.prune_sessions(config)
+        except Exception:
+            logger.exception("background prune failed")
+            return
+        if deleted:
+            logger.info("pruned %d sessions", deleted)
+
     # -- documents ----------------------------------------------------------------------
 
     async def _save_document(self, category: str, name: str, kind: str, content: str) -> None:
-        await self._write(
-            "save_document",
-            partial(
-                _ops.save_document,
-                category=category,
-                name=name,
-                kind=kind,
-                content=content,
-                now=datetime.now(UTC),
-            ),
+        save = partial(
+            _ops.save_document,
+            category=category,
+            name=name,
+            kind=kind,
+            content=content,
+            now=datetime.now(UTC),
         )
+        await self._db.write("save_document", save)
 
     async def _load_document(self, category: str, name: str, kind: str) -> str | None:
-        return await self._read(
-            "load_document",
-            partial(_ops.load_document, category=category, name=name, kind=kind),
-        )
+        load = partial(_ops.load_document, category=category, name=name, kind=kind)
+        return await self._db.read("load_document", load)
 
     async def save_markdown(self, category: str, name: str, content: str) -> None:
         """Store a markdown document, replacing any markdown document of that name."""
         check_writable_category(category)
         check_writable_name(name, suffix=".md")
-        _validate.check_text("content", content)
+        check_text("content", content)
         await self._save_document(category, name, "markdown", content)
 
     async def load_markdown(self, category: str, name: str) -> str | None:
@@ -181,7 +452,7 @@ class StateStore(SessionStore):
         check_writable_category(category)
         check_writable_name(name)
         if category == SESSIONS_CATEGORY:
-            await self.save_session(_validate.session_from_document(name, data))
+            await self.save_session(session_from_document(name, data))
             return
         await self._save_document(category, name, "json", _rows.dump_json_document("data", data))
 
@@ -218,21 +489,14 @@ class StateStore(SessionStore):
         In the ``sessions`` category the JSON documents are the session ids.
         """
         check_category(category)
-
-        def body(tx: Tx) -> list[str]:
-            names = set(_ops.list_document_names(tx, category))
-            if category == SESSIONS_CATEGORY:
-                names.update(_ops.list_session_ids(tx))
-            return sorted(names)
-
-        return await self._read("list_category", body)
+        return await self._db.read("list_category", partial(_ops.list_category, category=category))
 
     async def list_categories(self) -> list[str]:
         """Return every category that holds a markdown or JSON document, sorted.
 
         ``sessions`` is listed only when it holds markdown documents.
         """
-        return await self._read("list_categories", _ops.list_categories)
+        return await self._db.read("list_categories", _ops.list_categories)
 
     async def delete_file(self, category: str, name: str) -> bool:
         """Delete the JSON document of that name if present, else the markdown one.
@@ -242,15 +506,8 @@ class StateStore(SessionStore):
         """
         check_category(category)
         check_name(name)
-
-        def body(tx: Tx) -> bool:
-            if category == SESSIONS_CATEGORY:
-                deleted_json = _ops.delete_session(tx, name)
-            else:
-                deleted_json = _ops.delete_document(tx, category, name, "json")
-            return deleted_json or _ops.delete_document(tx, category, name, "markdown")
-
-        return await self._write("delete_file", body)
+        delete = partial(_ops.delete_file, category=category, name=name)
+        return await self._db.write("delete_file", delete)
 
     # -- moving data in and out, upkeep ---------------------------------------------------
 
@@ -283,11 +540,11 @@ class StateStore(SessionStore):
             progress: Called with ``(files done, files in all)`` after each batch.
 
         Raises:
-            InvalidDataError: ``directory`` is not a directory.
+            InvalidArgumentError: ``directory`` is not a directory.
             DatabaseError: The database failed; batches committed before stay.
         """
         return await filestore.import_directory(
-            self, Path(directory), progress, replace_newer=replace_newer
+            self._db, Path(directory), progress, replace_newer=replace_newer
         )
 
     async def export_directory(
@@ -304,7 +561,8 @@ class StateStore(SessionStore):
         as the file store wrote them (JSON indented by two spaces, its field order, UTC
         timestamps ending in ``Z``); each file is written to a temp file and renamed, and
         its modification time is the stored ``updated_at``. Each file is one saved state;
-        stop writers first for a snapshot of the whole store.
+        stop writers first for a snapshot of the whole store. A file the system refuses is
+        listed in the report's ``skipped``, and the rest are written.
 
         Args:
             directory: Where to write; created if missing.
@@ -314,11 +572,16 @@ class StateStore(SessionStore):
             progress: Called with ``(items done, items in all)`` as it goes.
 
         Raises:
-            InvalidDataError: ``directory`` is not empty (without ``overwrite``) or not a
-                directory.
+            InvalidArgumentError: ``directory`` is not empty (without ``overwrite``) or not
+                a directory.
         """
+        if user_id is not None:
+            check_text("user_id", user_id)
+        root = Path(directory)
+        await filestore.check_export_target(root, overwrite=overwrite)
+        session_ids = [summary.id async for summary in self.iter_sessions(user_id=user_id)]
         return await filestore.export_directory(
-            self, Path(directory), user_id=user_id, overwrite=overwrite, progress=progress
+            self._db, root, session_ids, documents=user_id is None, progress=progress
         )
 
     async def stats(self, *, days: int = 7) -> StoreStats:
@@ -334,7 +597,7 @@ class StateStore(SessionStore):
             since = max(today - timedelta(days=days - 1), MIN_TIMESTAMP)
         except OverflowError:  # more days than the calendar holds: all of them
             since = MIN_TIMESTAMP
-        return await self._read("stats", partial(read_stats, since=since))
+        return await self._db.read("stats", partial(read_stats, since=since))
 
     async def compact(self) -> tuple[int, int]:
         """Give back the space that deleted sessions left, and return the size before and after.
@@ -347,5 +610,4 @@ class StateStore(SessionStore):
         Returns:
             ``(bytes before, bytes after)``.
         """
-        self._check_writable("compact")
-        return await self._runner.compact()
+        return await self._db.compact()

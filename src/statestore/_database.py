@@ -1,0 +1,314 @@
+"""The database a store runs on: its runner, lifecycle and guards, and one way to write.
+
+:class:`statestore.StateStore` holds one :class:`Database` and asks it for every read and
+write; :mod:`statestore.filestore` uses the same object for import and export. Each
+public operation reads as: check the input, plan (build rows), one read or write here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import os
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from statestore import _ops, _rows
+from statestore._engine import Synchronous, prepare_engine
+from statestore._runner import (
+    AlchemyRunner,
+    Runner,
+    SQLiteRunner,
+    acquire_sqlite_runner,
+    release_sqlite_runner,
+)
+from statestore._tracking import RowLog, StoredState
+from statestore._tx import Tx
+from statestore.errors import (
+    InvalidArgumentError,
+    InvalidDataError,
+    ReentrantWriteError,
+    StoreClosedError,
+)
+from statestore.models import Session
+
+__all__ = ["Database", "SessionUpdate", "acknowledged"]
+
+ResultT = TypeVar("ResultT")
+
+SessionUpdate = Callable[[Session], Session | Awaitable[Session | None] | None]
+"""What ``update_session_with`` applies: changes the session in place, or returns another."""
+
+# State tokens only need to differ from each other; a PRNG seeded from the OS (again in
+# every forked child, so that no two processes share a sequence) is 100 times cheaper than
+# a system call per save.
+_tokens = random.Random()
+os.register_at_fork(after_in_child=_tokens.seed)
+
+# The runner whose write transaction an update_session_with fn is running inside: stores
+# on one SQLite file share a runner, so a write through any of them would wait forever.
+_updating_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
+    "statestore_updating", default=None
+)
+
+Queued = Callable[[], "asyncio.Future[None]"]
+"""A captured save: calling it gives the future of its queued write (queuing it if needed)."""
+
+
+async def acknowledged(queued: Queued) -> None:
+    """Wait, shielded, for a captured save's commit.
+
+    The save was queued when it was called (or is queued now, if it was called off the
+    loop): a cancelled or timed-out waiter leaves it to commit or fail in its turn.
+    """
+    await asyncio.shield(queued())
+
+
+class Database:
+    """One store's view of its database: reads, writes, saves and their lifecycle.
+
+    Args:
+        engine: The async engine (SQLite file or PostgreSQL).
+        synchronous: SQLite's ``synchronous`` level for the store's own connections.
+        busy_timeout: Seconds a write may wait for another process's SQLite lock.
+
+    Raises:
+        InvalidArgumentError: The engine is not SQLite or PostgreSQL, or is an in-memory
+            SQLite database.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, synchronous: Synchronous, busy_timeout: float):
+        prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000))
+        self.engine = engine
+        self.owns_engine = False
+        """Whether closing disposes of the engine (the store opened it)."""
+        self._busy_timeout = busy_timeout
+        self._closed = False
+        self._closing: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._runner: Runner
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise InvalidArgumentError(
+                "engine", f"statestore runs on SQLite and PostgreSQL, not {engine.dialect.name}"
+            )
+        if engine.dialect.name == "sqlite":
+            path = engine.url.database
+            if not path or path == ":memory:" or "mode=memory" in path:
+                raise InvalidArgumentError(
+                    "target", "statestore needs a SQLite file, not an in-memory database"
+                )
+            self._runner = acquire_sqlite_runner(
+                path, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000)
+            )
+            self.time = _rows.SQLITE_TIME
+        else:
+            self._runner = AlchemyRunner(engine)
+            self.time = _rows.POSTGRESQL_TIME
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Finish background work and queued writes, then release every connection.
+
+        Idempotent, and safe to cancel: the closing goes on, and a later call waits for it.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close_now())
+        await asyncio.shield(self._closing)
+
+    async def _close_now(self) -> None:
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        self._closed = True
+        if isinstance(self._runner, SQLiteRunner):
+            await release_sqlite_runner(self._runner)
+        else:
+            await self._runner.close()
+        if self.owns_engine:
+            await self.engine.dispose()
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task that :meth:`close` waits for."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def check_open(self) -> None:
+        """Raise :class:`StoreClosedError` once the store is closed."""
+        if self._closed:
+            raise StoreClosedError("this StateStore is closed")
+
+    def check_writable(self, operation: str) -> None:
+        """Raise unless a write may start: the store is open and not inside an update's fn."""
+        self.check_open()
+        if _updating_runner.get() is self._runner:
+            raise ReentrantWriteError(
+                f"{operation} called from inside update_session_with's fn, which holds this "
+                "database's write transaction: change the session passed to fn instead"
+            )
+
+    # -- reads and writes ---------------------------------------------------------------
+
+    async def read(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
+        """Run ``body`` in one read transaction (one snapshot)."""
+        self.check_open()
+        return await self._runner.read(operation, body)
+
+    def submit(
+        self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
+    ) -> asyncio.Future[ResultT]:
+        """Queue ``body`` in a write transaction now; ``key`` (a session id) keeps call order."""
+        self.check_writable(operation)
+        return self._runner.submit(operation, body, key=key, busy_timeout=self._busy_timeout)
+
+    async def write(
+        self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
+    ) -> ResultT:
+        """Run ``body`` in a write transaction; a cancelled caller leaves it to finish."""
+        return await asyncio.shield(self.submit(operation, body, key=key))
+
+    async def compact(self) -> tuple[int, int]:
+        """Give deleted rows' space back; return the bytes used before and after."""
+        self.check_writable("compact")
+        return await self._runner.compact()
+
+    # -- saves ----------------------------------------------------------------------------
+
+    def plan_save(self, session: Session) -> tuple[_ops.SaveJob, StoredState | None]:
+        """Check a session and capture its save; return it and the session's new record.
+
+        The job holds the whole state at this moment as rows: the appended rows are built
+        now, and the stored prefix is the record's own rows, never the live objects. The
+        append-only path is taken only when the record shows the prefix untouched; the
+        writer still confirms the record's token, and rewrites whole from these rows if
+        another save got there first. The session's record is set now to what this save
+        will store, so a save queued behind it appends to it; if it fails, the record is
+        dropped (see :func:`_forget_unless_stored`).
+        """
+        token = _tokens.getrandbits(63)
+        row = _rows.session_row(session, self.time, token)
+        messages, responses = session.user_messages, session.agent_responses
+        stored = session._stored
+        if stored is not None and stored.appended_only(session):
+            expected: int | None = stored.token
+            stored_messages: RowLog | None = stored.message_rows
+            stored_responses: RowLog | None = stored.response_rows
+        else:
+            expected, stored_messages, stored_responses = None, None, None
+        message_start = stored_messages.count if stored_messages else 0
+        response_start = stored_responses.count if stored_responses else 0
+        message_rows = RowLog.extend(
+            stored_messages,
+            _rows.message_rows(session.id, messages[message_start:], self.time, message_start),
+        )
+        response_rows = RowLog.extend(
+            stored_responses,
+            _rows.response_rows(session.id, responses[response_start:], self.time, response_start),
+        )
+        job = _ops.SaveJob(
+            session_id=session.id,
+            session_row=row,
+            expected_token=expected,
+            message_rows=message_rows,
+            response_rows=response_rows,
+            message_start=message_start,
+            response_start=response_start,
+        )
+        record = StoredState.of(token, session, message_rows, response_rows)
+        session._stored = record
+        return job, record
+
+    def capture_save(self, session: Session) -> Queued:
+        """Check and capture a save of ``session`` now; return what gives its future.
+
+        On the event loop the save is queued at once. Called from another thread (for the
+        store's loop to run the result), it is queued when the result starts running.
+        """
+        self.check_writable("save_session")
+        job, record = self.plan_save(session)
+
+        def queue() -> asyncio.Future[None]:
+            done = self._runner.submit_batched(
+                "save_session",
+                _ops.save_sessions,
+                job,
+                session.id,
+                busy_timeout=self._busy_timeout,
+            )
+            done.add_done_callback(partial(_forget_unless_stored, session, record))
+            return done
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return queue
+        queued = queue()
+        return lambda: queued
+
+    async def insert_if_missing(self, session: Session) -> Session | None:
+        """Save a new session unless one with its id exists; return the stored one if so."""
+        job, record = self.plan_save(session)
+
+        def body(tx: Tx) -> Session | None:
+            if _ops.insert_session_if_missing(tx, job.session_row):
+                return None
+            return _ops.load_session(tx, session.id)
+
+        done = self.submit("get_or_create_session", body, key=session.id)
+        done.add_done_callback(partial(_forget_unless_stored, session, record))
+        return await asyncio.shield(done)
+
+    async def update_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
+        """Load, apply ``fn`` on the loop, and save, in one write transaction (see the API)."""
+        outcome: dict[str, Any] = {}
+
+        async def apply(session: Session) -> _ops.SaveJob:
+            marker = _updating_runner.set(self._runner)
+            try:
+                returned = fn(session)
+                if inspect.isawaitable(returned):
+                    returned = await returned
+            finally:
+                _updating_runner.reset(marker)
+            if isinstance(returned, Session):
+                session = returned
+            if session.id != session_id:
+                raise InvalidDataError("id", f"fn changed the session id to {session.id!r}")
+            job, outcome["record"] = self.plan_save(session)
+            outcome["session"] = session
+            return job
+
+        def body(tx: Tx) -> bool:
+            session = _ops.load_session(tx, session_id, lock=True)
+            if session is None:
+                return False
+            _ops.save_sessions(tx, [tx.call_in_loop(apply(session))])
+            return True
+
+        def settled(done: asyncio.Future[bool]) -> None:
+            if "session" in outcome:
+                _forget_unless_stored(outcome["session"], outcome["record"], done)
+
+        done = self.submit("update_session_with", body, key=session_id)
+        done.add_done_callback(settled)
+        if not await asyncio.shield(done):
+            return None
+        saved: Session = outcome["session"]
+        return saved
+
+
+def _forget_unless_stored(
+    session: Session, record: StoredState | None, done: asyncio.Future[Any]
+) -> None:
+    """Drop ``session``'s record if the save that set it did not commit.
+
+    Then the record never claims a state that is not stored, and the next save rewrites
+    whole. A later save's record is left alone.
+    """
+    if (done.cancelled() or done.exception() is not None) and session._stored is record:
+        session._stored = None
