@@ -166,6 +166,9 @@ _BUSY_SLACK_MS = 250
 """How far the writer's busy timeout may stray from a batch's time left before it is reset
 (setting it on every transaction would compile a statement each time)."""
 
+_EXPIRY_SLACK = 0.05
+"""Seconds before its deadline at which a job behind a held lock counts as out of time."""
+
 
 def _one_save_could_cause(error: BaseException) -> bool:
     """Whether one job of a batch could have caused ``error``, so the others may commit.
@@ -347,9 +350,11 @@ class SQLiteRunner:
                     self._resolve([(job, None, error) for job in batch])
                     return
                 # Another process holds the lock: the jobs out of time fail, the rest try
-                # again with the time they have left.
-                now = time.monotonic()
-                expired = [job for job in batch if job.deadline <= now] or batch[:1]
+                # again with the time they have left. SQLite's busy handler sleeps in steps,
+                # so it may give up a little before a deadline: a job that close to its own
+                # has no time left to wait either.
+                soon = time.monotonic() + _EXPIRY_SLACK
+                expired = [job for job in batch if job.deadline <= soon] or batch[:1]
                 self._resolve([(job, None, error) for job in expired])
                 batch = [job for job in batch if job not in expired]
             else:
