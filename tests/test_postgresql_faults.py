@@ -182,12 +182,12 @@ def test_saves_survive_terminated_backends(fresh_postgresql: URL, workers: list[
     assert killed[KILLS] >= 1, killed
     log = [entry for report in reports for entry in report["log"]]
     failures = [entry for entry in log if entry["error"] is not None]
-    # The kills under load cut saves in flight, and each failed as a StateStoreError, not
-    # as a raw asyncpg, OSError or SQLAlchemy error.
-    assert failures, "no save was in flight at any kill: the test proves nothing"
+    # A save whose connection was cut before its commit is run again on a new connection;
+    # one cut while committing fails, and as a StateStoreError, not as a raw asyncpg,
+    # OSError or SQLAlchemy error.
     untyped = {(e["error"], e["cause"]) for e in failures if not e["statestore_error"]}
     assert untyped == set()
-    # Only a save in flight during a kill fails: one called after it gets a live connection.
+    # Only a save committing during a kill fails: one called after it gets a live connection.
     unexplained = [
         entry
         for entry in failures

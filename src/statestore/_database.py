@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import _ops, _rows
 from statestore._engine import Synchronous, prepare_engine
+from statestore._pool import AlchemyRunner
 from statestore._runner import (
-    AlchemyRunner,
     Runner,
     SQLiteRunner,
     acquire_sqlite_runner,
@@ -61,12 +61,13 @@ Queued = Callable[[], "asyncio.Future[None]"]
 
 
 async def acknowledged(queued: Queued) -> None:
-    """Wait, shielded, for a captured save's commit.
+    """Wait for a captured save's commit.
 
     The save was queued when it was called (or is queued now, if it was called off the
-    loop): a cancelled or timed-out waiter leaves it to commit or fail in its turn.
+    loop): a cancelled or timed-out waiter leaves it to commit or fail in its turn (the
+    runner's futures can be cancelled without touching the work).
     """
-    await asyncio.shield(queued())
+    await queued()
 
 
 class Database:
@@ -170,7 +171,7 @@ class Database:
         self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
     ) -> ResultT:
         """Run ``body`` in a write transaction; a cancelled caller leaves it to finish."""
-        return await asyncio.shield(self.submit(operation, body, key=key))
+        return await self.submit(operation, body, key=key)
 
     async def compact(self) -> tuple[int, int]:
         """Give deleted rows' space back; return the bytes used before and after."""
@@ -188,7 +189,7 @@ class Database:
         writer still confirms the record's token, and rewrites whole from these rows if
         another save got there first. The session's record is set now to what this save
         will store, so a save queued behind it appends to it; if it fails, the record is
-        dropped (see :func:`_forget_unless_stored`).
+        dropped (see :func:`_forget`).
         """
         token = _tokens.getrandbits(63)
         row = _rows.session_row(session, self.time, token)
@@ -233,15 +234,14 @@ class Database:
         job, record = self.plan_save(session)
 
         def queue() -> asyncio.Future[None]:
-            done = self._runner.submit_batched(
+            return self._runner.submit_batched(
                 "save_session",
                 _ops.save_sessions,
                 job,
                 session.id,
                 busy_timeout=self._busy_timeout,
+                on_failure=partial(_forget, session, record),
             )
-            done.add_done_callback(partial(_forget_unless_stored, session, record))
-            return done
 
         try:
             asyncio.get_running_loop()
@@ -261,7 +261,7 @@ class Database:
 
         done = self.submit("get_or_create_session", body, key=session.id)
         done.add_done_callback(partial(_forget_unless_stored, session, record))
-        return await asyncio.shield(done)
+        return await done
 
     async def update_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
         """Load, apply ``fn`` on the loop, and save, in one write transaction (see the API)."""
@@ -296,19 +296,29 @@ class Database:
 
         done = self.submit("update_session_with", body, key=session_id)
         done.add_done_callback(settled)
-        if not await asyncio.shield(done):
+        if not await done:
             return None
         saved: Session = outcome["session"]
         return saved
 
 
-def _forget_unless_stored(
-    session: Session, record: StoredState | None, done: asyncio.Future[Any]
-) -> None:
-    """Drop ``session``'s record if the save that set it did not commit.
+def _forget(session: Session, record: StoredState | None) -> None:
+    """Drop ``session``'s record: the save that set it did not commit.
 
     Then the record never claims a state that is not stored, and the next save rewrites
     whole. A later save's record is left alone.
     """
-    if (done.cancelled() or done.exception() is not None) and session._stored is record:
+    if session._stored is record:
         session._stored = None
+
+
+def _forget_unless_stored(
+    session: Session, record: StoredState | None, done: asyncio.Future[Any]
+) -> None:
+    """Drop ``session``'s record if the write ``done`` did not commit (see :func:`_forget`).
+
+    (A write whose waiter gave up may still commit; dropping its record then only costs
+    the next save a whole rewrite.)
+    """
+    if done.cancelled() or done.exception() is not None:
+        _forget(session, record)

@@ -103,10 +103,6 @@ def create_engine(
     options: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
         options["connect_args"] = {"isolation_level": None}
-    else:
-        # A server restart leaves every pooled connection dead: test each before use, so
-        # the store recovers by itself once the server is back.
-        options["pool_pre_ping"] = True
     try:
         engine = create_async_engine(url, **options)
     except ImportError as error:

@@ -48,7 +48,7 @@ _LOOKUP_CHUNK = 500
 """Session ids per token lookup (PostgreSQL takes at most 32,767 parameters)."""
 
 
-@dataclass(eq=False, frozen=True)
+@dataclass(eq=False, slots=True)
 class SaveJob:
     """A checked save, ready to run in a transaction: the session's state at the call.
 
@@ -128,9 +128,8 @@ def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
     two transactions never wait on each other in a circle): a concurrent save of one of
     these sessions waits, and then this one sees its token, not the one before it.
     """
-    statement = _sql.SESSION_TOKENS
-    if tx.dialect == "postgresql":
-        statement += " FOR UPDATE"
+    locking = tx.dialect == "postgresql"
+    statement = _sql.SESSION_TOKENS_FOR_UPDATE if locking else _sql.SESSION_TOKENS
     ordered = sorted(session_ids)
     stored: dict[str, int] = {}
     for start in range(0, len(ordered), _LOOKUP_CHUNK):
@@ -212,9 +211,8 @@ def insert_session_if_missing(tx: Tx, row: dict[str, Any]) -> bool:
 
 
 def _session_row(tx: Tx, session_id: str, *, lock: bool) -> _sql.SessionRow | None:
-    statement = _sql.LOAD_SESSION
-    if lock and tx.dialect == "postgresql":
-        statement += " FOR UPDATE"
+    locking = lock and tx.dialect == "postgresql"
+    statement = _sql.LOAD_SESSION_FOR_UPDATE if locking else _sql.LOAD_SESSION
     rows = tx.rows(statement, {"id": session_id})
     return _sql.SessionRow._make(rows[0]) if rows else None
 

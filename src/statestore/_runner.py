@@ -17,9 +17,8 @@ a transaction is never cut half-way, and the write lock is released by the threa
 Reads run in a small pool of threads, each with its own connection, one whole read
 transaction per thread hop; WAL lets them proceed while the writer writes.
 
-On other backends (PostgreSQL) each transaction runs on the async engine's pool through
-SQLAlchemy's ``run_sync``; writes that name the same key (a session id) run one after the
-other in the order they were submitted, and the database's own locking orders the rest.
+On PostgreSQL :class:`statestore._pool.AlchemyRunner` runs transactions on the engine's
+pool instead, behind the same :class:`Runner` protocol.
 """
 
 from __future__ import annotations
@@ -32,19 +31,14 @@ import queue
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from statestore import _sql
-from statestore._engine import Synchronous, sqlite_pragmas, write_connection
-from statestore._tx import AlchemyTx, SQLiteTx, Tx
+from statestore._engine import Synchronous, sqlite_pragmas
+from statestore._tx import SQLiteTx, Tx
 from statestore.errors import (
     ConstraintError,
     DatabaseBusyError,
@@ -55,7 +49,9 @@ from statestore.errors import (
 
 __all__ = [
     "MAX_BATCH",
-    "AlchemyRunner",
+    "BatchBody",
+    "Body",
+    "ItemT",
     "Runner",
     "SQLiteRunner",
     "acquire_sqlite_runner",
@@ -86,8 +82,8 @@ class Runner(Protocol):
 
     Writes are submitted, not awaited: ``submit`` queues the work at once and returns a
     future resolved after its commit (or with its error). The work runs whatever becomes
-    of whoever awaits the future, and writes with the same ``key`` commit in the order
-    they were submitted.
+    of whoever awaits the future -- cancelling the future itself never stops it -- and
+    writes with the same ``key`` commit in the order they were submitted.
     """
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
@@ -114,9 +110,14 @@ class Runner(Protocol):
         key: str,
         *,
         busy_timeout: float | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> asyncio.Future[None]:
         """Queue ``batch_body`` on ``item``, possibly in one transaction with other items
-        queued for the same ``batch_body`` -- never two with the same ``key``."""
+        queued for the same ``batch_body`` -- never two with the same ``key``.
+
+        ``on_failure`` is called on the loop if the item's write fails, whether or not
+        anyone still waits for the future.
+        """
 
     async def compact(self) -> tuple[int, int]:
         """Give deleted rows' space back; return the bytes used before and after."""
@@ -149,17 +150,11 @@ class _Job:
     batch_body: BatchBody[Any] | None = None
     item: Any = None
     batch_key: str | None = None
+    on_failure: Callable[[], None] | None = None
     future: asyncio.Future[Any] = field(init=False)
 
     def __post_init__(self) -> None:
         self.future = self.loop.create_future()
-        self.future.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a write's outcome as seen: its caller may have been cancelled and gone."""
-    if not future.cancelled() and future.exception() is not None:
-        logger.debug("write failed: %s", future.exception())
 
 
 _BUSY_SLACK_MS = 250
@@ -192,10 +187,16 @@ _STOP = object()
 def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
     """Resolve jobs' futures on their loop (called there)."""
     for job, result, error in outcomes:
+        if error is not None and job.on_failure is not None:
+            job.on_failure()
         if job.future.done():
             continue
         if error is not None:
             job.future.set_exception(error)
+            # Seen here: a caller who gave up waiting (or never waited) has nobody to tell,
+            # and asyncio would otherwise log the error as never retrieved.
+            job.future.exception()
+            logger.debug("write failed: %s", error)
         else:
             job.future.set_result(result)
 
@@ -282,8 +283,16 @@ class SQLiteRunner:
         key: str,
         *,
         busy_timeout: float | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> asyncio.Future[None]:
-        job = self._job(operation, busy_timeout, batch_body=batch_body, item=item, batch_key=key)
+        job = self._job(
+            operation,
+            busy_timeout,
+            batch_body=batch_body,
+            item=item,
+            batch_key=key,
+            on_failure=on_failure,
+        )
         self._jobs.put(job)
         return job.future
 
@@ -476,119 +485,10 @@ async def release_sqlite_runner(runner: SQLiteRunner) -> None:
         else:
             del _shared_runners[key]
     if users > 1:
-        await asyncio.shield(runner.submit("close", _nothing))  # writes run in order: a barrier
+        await runner.submit("close", _nothing)  # writes run in order: a barrier
     else:
         await runner.close()
 
 
 def _nothing(tx: Tx) -> None:
     return None
-
-
-_lanes: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, str | None], asyncio.Task[Any]]
-] = weakref.WeakKeyDictionary()
-"""Per event loop, the last write queued for each (database, session id): every store of
-the process on one database shares them, so their writes of one session keep call order."""
-
-
-def _leave_lane(
-    lanes: dict[tuple[str, str | None], asyncio.Task[Any]],
-    lane: tuple[str, str | None],
-    task: asyncio.Task[Any],
-) -> None:
-    if lanes.get(lane) is task:
-        del lanes[lane]
-
-
-class AlchemyRunner:
-    """Transactions on an async SQLAlchemy engine's pool, one connection each.
-
-    A write runs in a task of its own, created when it is submitted; whoever awaits it
-    awaits it shielded, so cancelling the caller never cuts a transaction half-way. Writes
-    with the same key on the same database form a lane, shared by every store of the
-    process on it: each starts once the one submitted before it has ended.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._writes: set[asyncio.Task[Any]] = set()
-        self._database = engine.url.render_as_string(hide_password=True)
-
-    async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
-        # One snapshot for the whole read: at READ COMMITTED each statement would see the
-        # saves committed before it, so a session row and its messages could come from two
-        # different saves.
-        with database_errors(operation):
-            async with self._engine.connect() as connection:
-                snapshot = await connection.execution_options(isolation_level="REPEATABLE READ")
-                async with snapshot.begin():
-                    return await snapshot.run_sync(_with_tx(body))
-
-    def submit_batched(
-        self,
-        operation: str,
-        batch_body: BatchBody[ItemT],
-        item: ItemT,
-        key: str,
-        *,
-        busy_timeout: float | None = None,
-    ) -> asyncio.Future[None]:
-        def body(tx: Tx) -> None:
-            batch_body(tx, [item])
-
-        return self.submit(operation, body, key=key)
-
-    def submit(
-        self,
-        operation: str,
-        body: Body[ResultT],
-        *,
-        key: str | None = None,
-        busy_timeout: float | None = None,
-    ) -> asyncio.Future[ResultT]:
-        lanes = _lanes.setdefault(asyncio.get_running_loop(), {})
-        lane = (self._database, key)
-        before = lanes.get(lane) if key is not None else None
-        task = asyncio.ensure_future(self._write_unit(operation, body, before))
-        self._writes.add(task)
-        task.add_done_callback(self._finished)
-        if key is not None:
-            lanes[lane] = task
-            task.add_done_callback(partial(_leave_lane, lanes, lane))
-        return task
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._writes.discard(task)
-        _retrieve(task)
-
-    async def _write_unit(
-        self, operation: str, body: Body[ResultT], before: asyncio.Task[Any] | None
-    ) -> ResultT:
-        if before is not None:
-            await asyncio.wait([before])  # its outcome is its own caller's
-        with database_errors(operation):
-            async with self._engine.connect() as connection:
-                connection = await write_connection(connection)
-                async with connection.begin():
-                    return await connection.run_sync(_with_tx(body))
-
-    async def compact(self) -> tuple[int, int]:
-        with database_errors("compact"):
-            async with self._engine.connect() as connection:
-                connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                before = (await connection.exec_driver_sql(_sql.POSTGRESQL_SIZE)).scalar_one()
-                await connection.exec_driver_sql(_sql.POSTGRESQL_VACUUM)
-                after = (await connection.exec_driver_sql(_sql.POSTGRESQL_SIZE)).scalar_one()
-        return int(before), int(after)
-
-    async def close(self) -> None:
-        while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-
-
-def _with_tx(body: Body[ResultT]) -> Callable[[Connection], ResultT]:
-    def run(connection: Connection) -> ResultT:
-        return body(AlchemyTx(connection))
-
-    return run

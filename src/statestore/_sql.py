@@ -30,6 +30,7 @@ __all__ = [
     "LOAD_DOCUMENT",
     "LOAD_DOCUMENT_STAMPED",
     "LOAD_SESSION",
+    "LOAD_SESSION_FOR_UPDATE",
     "LOCK_SESSION_COUNT",
     "OLDEST_SESSIONS_BOUND",
     "POSTGRESQL_SIZE",
@@ -39,6 +40,7 @@ __all__ = [
     "SELECT_MESSAGES",
     "SELECT_RESPONSES",
     "SESSION_TOKENS",
+    "SESSION_TOKENS_FOR_UPDATE",
     "STALE_SESSION_EXISTS",
     "STATS_DAYS",
     "STATS_PASS_RATES",
@@ -187,7 +189,13 @@ SESSION_TOKENS = (
 )
 """Format ``placeholders`` with one ``:idN`` per session id."""
 
+SESSION_TOKENS_FOR_UPDATE = SESSION_TOKENS + " FOR UPDATE"
+"""PostgreSQL: the same, locking the rows (a concurrent save then waits for this one)."""
+
 LOAD_SESSION = f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = :id"
+
+LOAD_SESSION_FOR_UPDATE = LOAD_SESSION + " FOR UPDATE"
+"""PostgreSQL: the same, locking the row (``update_session_with``)."""
 
 INSERT_MESSAGE = """
 INSERT INTO messages (session_id, position, content, created_at, extra)

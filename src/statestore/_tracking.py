@@ -93,9 +93,12 @@ class History(list[Any]):
         super().reverse()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class RowLog:
     """The rows of a stored list, in order, as a chain that never changes once made.
+
+    (Not a frozen dataclass only because freezing costs a microsecond a save: nothing
+    assigns to one after it is made.)
 
     A save that appends links its new rows to the log it extends, so a session's record of
     what is stored grows in constant time and shares everything before. Rows are what the
@@ -137,7 +140,7 @@ class RowLog:
         return params
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class StoredState:
     """What one session object was last loaded as, or will be stored as by its last save.
 
