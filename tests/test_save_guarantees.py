@@ -372,3 +372,20 @@ async def test_a_save_with_prune_cancelled_before_it_starts_still_saves(
     await store.save_session(make_session("barrier"))  # saves commit in order: a barrier
 
     assert await store.load_session(session.id) == session
+
+
+async def test_a_session_saved_many_times_copies_deeply_and_saves_whole(db_path: Path) -> None:
+    """A deep copy of a much-saved session leaves its record behind, then saves whole."""
+    async with StateStore.open(db_path, synchronous="NORMAL") as store:
+        session = make_session(messages=0)
+        for turn in range(1200):  # a record whose rows chain 1,200 saves
+            session.add_user_message(f"turn {turn}")
+            await store.save_session(session)
+
+        twin = copy.deepcopy(session)
+        assert twin == session
+        assert twin._stored is None  # the record stays with the object it describes
+        twin.user_messages[0].content = "edited in the copy"
+        await store.save_session(twin)
+
+        assert await store.load_session(session.id) == twin

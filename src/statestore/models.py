@@ -246,6 +246,16 @@ class Session(BaseModel):
             value = History(value)
         super().__setattr__(name, value)
 
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        # A deep copy is another object: the record is not its own, and its rows would
+        # be copied for nothing (and its chain, link by link, past the recursion limit).
+        memo = {} if memo is None else memo
+        private = self.__pydantic_private__
+        stored = private.get("_stored") if private else None
+        if stored is not None:
+            memo[id(stored)] = None
+        return super().__deepcopy__(memo)
+
     def __getstate__(self) -> dict[Any, Any]:
         # What a session remembers about its stored state is true of this object in this
         # process only: a pickled session arrives without it, and saves whole.
