@@ -363,7 +363,7 @@ EDITS: dict[str, tuple[int, Callable[[Session, random.Random], None]]] = {
 
 FIELD_EDITS = {"edit_message", "edit_response"}
 """Edits that assign a message's field: every session in the process then saves whole
-(see ``statestore.models.edit_count``), so only even workers make them, and odd workers'
+(see ``statestore._tracking.note_edit``), so only even workers make them, and odd workers'
 saves rely on their lists' own tracking of rewrites."""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self, SupportsIndex
 
-__all__ = ["History", "RowLog", "StoredState", "Tracked", "edit_count", "note_edit"]
+__all__ = ["History", "RowLog", "StoredState", "Tracked", "note_edit"]
 
 _edits = 0
 """Bumped whenever any message's field is assigned; see :class:`StoredState`."""
@@ -23,11 +23,6 @@ def note_edit() -> None:
     """Count one assignment to a message's field (called by the message models)."""
     global _edits
     _edits += 1
-
-
-def edit_count() -> int:
-    """Return how many message-field assignments this process has made so far."""
-    return _edits
 
 
 class Tracked(Protocol):
@@ -97,13 +92,11 @@ class History(list[Any]):
 class RowLog:
     """The rows of a stored list, in order, as a chain that never changes once made.
 
-    (Not a frozen dataclass only because freezing costs a microsecond a save: nothing
-    assigns to one after it is made.)
-
     A save that appends links its new rows to the log it extends, so a session's record of
     what is stored grows in constant time and shares everything before. Rows are what the
     database was given or gave back, so the log is the stored state itself, however the
-    live objects change afterwards.
+    live objects change afterwards. (Not a frozen dataclass only because freezing costs a
+    microsecond a save: nothing assigns to one after it is made.)
 
     Attributes:
         before: The rows before these (``None`` at the start).
@@ -156,7 +149,8 @@ class StoredState:
         message_rewrites: ``user_messages.rewrites`` then.
         agent_responses: The session's response list object then.
         response_rewrites: ``agent_responses.rewrites`` then.
-        edits: :func:`edit_count` then; if it has moved, a message may have been edited.
+        edits: The process's count of message-field assignments then (see
+            :func:`note_edit`); if it has moved, a message may have been edited.
         message_rows: The stored messages' rows.
         response_rows: The stored responses' rows.
     """
