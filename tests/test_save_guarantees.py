@@ -33,7 +33,7 @@ from statestore import (
     UserMessage,
 )
 
-from .conftest import Traced, server_dsn
+from .conftest import Traced, empty_tables, run_apart, server_dsn
 from .test_delta import exchange, install_write_log, take_write_log
 from .test_store import make_session
 
@@ -389,3 +389,20 @@ async def test_a_session_saved_many_times_copies_deeply_and_saves_whole(db_path:
         await store.save_session(twin)
 
         assert await store.load_session(session.id) == twin
+
+
+@pytest.mark.postgresql
+async def test_one_session_saved_to_sqlite_then_postgresql_then_back_stores_whole(
+    db_path: Path, postgresql_url: URL
+) -> None:
+    """A session's record of rows in one backend's form never feeds another backend's save."""
+    run_apart(empty_tables(postgresql_url))
+    async with StateStore.open(db_path) as on_sqlite, StateStore.open(postgresql_url) as on_pg:
+        first = make_session(messages=3)
+        await on_sqlite.save_session(first)
+        session = await on_sqlite.load_session(first.id)  # its record: rows in SQLite's form
+        assert session is not None
+        for store in (on_pg, on_sqlite, on_pg):
+            exchange(session, f"a turn for {store.engine.dialect.name}")
+            await store.save_session(session)
+            assert await store.load_session(session.id) == session

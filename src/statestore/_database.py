@@ -195,7 +195,7 @@ class Database:
         row = _rows.session_row(session, self.time, token)
         messages, responses = session.user_messages, session.agent_responses
         stored = session._stored
-        if stored is not None and stored.appended_only(session):
+        if stored is not None and stored.appended_only(session, self.time):
             expected: int | None = stored.token
             stored_messages: RowLog | None = stored.message_rows
             stored_responses: RowLog | None = stored.response_rows
@@ -220,7 +220,7 @@ class Database:
             message_start=message_start,
             response_start=response_start,
         )
-        record = StoredState.of(token, session, message_rows, response_rows)
+        record = StoredState.of(token, session, message_rows, response_rows, self.time)
         session._stored = record
         return job, record
 

@@ -354,6 +354,7 @@ def session_from_rows(
         session,
         RowLog.extend(None, message_rows, _stored_message_params(row.id)),
         RowLog.extend(None, response_rows, _stored_response_params(row.id)),
+        time,
     )
     return session
 

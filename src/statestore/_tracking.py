@@ -153,6 +153,7 @@ class StoredState:
             :func:`note_edit`); if it has moved, a message may have been edited.
         message_rows: The stored messages' rows.
         response_rows: The stored responses' rows.
+        form: The storage form those rows are in (the backend's ``TimeCodec``).
     """
 
     token: int
@@ -164,10 +165,16 @@ class StoredState:
     edits: int
     message_rows: RowLog
     response_rows: RowLog
+    form: object
 
     @classmethod
     def of(
-        cls, token: int, session: Tracked, message_rows: RowLog, response_rows: RowLog
+        cls,
+        token: int,
+        session: Tracked,
+        message_rows: RowLog,
+        response_rows: RowLog,
+        form: object,
     ) -> StoredState | None:
         """Record ``session`` as stored with ``token`` and these rows; None if untracked."""
         messages, responses = session.user_messages, session.agent_responses
@@ -183,13 +190,19 @@ class StoredState:
             _edits,
             message_rows,
             response_rows,
+            form,
         )
 
-    def appended_only(self, session: Tracked) -> bool:
-        """Return whether ``session`` is this record's object, changed only by appends."""
+    def appended_only(self, session: Tracked, form: object) -> bool:
+        """Return whether ``session`` is this record's object, changed only by appends.
+
+        ``form`` is the storage form the save writes in: rows recorded for another backend
+        (the session saved to a SQLite store, now to a PostgreSQL one) do not count.
+        """
         messages, responses = session.user_messages, session.agent_responses
         return (
             self.owner() is session
+            and self.form is form
             and self.edits == _edits
             and messages is self.user_messages
             and responses is self.agent_responses
