@@ -554,10 +554,10 @@ class Worker:
         if poisoned:
             session.metadata[POISON_KEY] = True
         op["state"] = session.model_dump(mode="json")
-        stored = session._stored  # only to count the saves that may take the append path
-        if stored is not None and stored.appended_only(session):
-            self.counts["save:may append only"] += 1
         store, call = self.pick_store(rng), rng.random()
+        stored = session._stored  # only to count the saves that may take the append path
+        if stored is not None and stored.appended_only(session, store._db.time):
+            self.counts["save:may append only"] += 1
         if call < 0.1:
             awaitable = store.update_session(session)
         elif call < 0.15 and how in ("await", "forget"):
