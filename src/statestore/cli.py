@@ -135,6 +135,12 @@ def migrate(db: str) -> None:
         click.echo(f"schema upgraded from revision {before or 'none'} to {after} (newest)")
 
 
+def _counts(what: str, added: int, updated: int, unchanged: int, kept: int) -> str:
+    """One line of an import's report; ``kept`` is named only when something was."""
+    newer = f", {kept} kept (stored newer than the file)" if kept else ""
+    return f"{what}: {added} added, {updated} updated, {unchanged} unchanged{newer}"
+
+
 @cli.command("import")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -159,24 +165,24 @@ def import_(db: str, directory: Path, replace_newer: bool) -> None:
                 )
 
     report = _run(work())
-    for what, added, updated, unchanged, kept in (
-        (
+    click.echo(
+        _counts(
             "sessions",
             report.sessions_added,
             report.sessions_updated,
             report.sessions_unchanged,
             report.sessions_kept,
-        ),
-        (
+        )
+    )
+    click.echo(
+        _counts(
             "documents",
             report.documents_added,
             report.documents_updated,
             report.documents_unchanged,
             report.documents_kept,
-        ),
-    ):
-        newer = f", {kept} kept (stored newer than the file)" if kept else ""
-        click.echo(f"{what}: {added} added, {updated} updated, {unchanged} unchanged{newer}")
+        )
+    )
     click.echo(f"temp files ignored: {report.temp_files}")
     for skipped in report.skipped:
         click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
