@@ -15,6 +15,8 @@ import asyncio
 import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,7 +30,8 @@ from sqlalchemy import URL, make_url
 
 from statestore import StateStore, _runner, migrate
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "filestore-sample"
+REPOSITORY = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPOSITORY / "examples" / "filestore-sample"
 
 BACKENDS = ("sqlite", "postgresql")
 POSTGRESQL_SERVER = os.environ.get(
@@ -83,6 +86,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if left_out:
         config.hook.pytest_deselected(items=left_out)
         items[:] = [item for item in items if item.get_closest_marker("postgresql") is None]
+
+
+def run_worker_module(module: str, *arguments: str, timeout: float) -> None:
+    """Run ``python -m tests.<module> ARGUMENTS`` from the repository root; fail on error.
+
+    The worker writes its results to files; its output is shown only when it fails.
+    """
+    finished = subprocess.run(
+        [sys.executable, "-m", f"tests.{module}", *arguments],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout
 
 
 def run_apart(work: Coroutine[Any, Any, Any]) -> Any:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,9 +37,7 @@ from .ack_workers import (
     is_stale,
     judge,
 )
-from .conftest import server_dsn
-
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import run_worker_module, server_dsn
 
 ROW_CHECKS = {
     "session counts that are not its rows": """
@@ -109,18 +105,8 @@ def run_workers(
     Each process sends its operations through ``stores`` stores open on the database.
     """
     where = str(database) if isinstance(database, Path) else database.render_as_string(False)
-    command = [sys.executable, "-m", "tests.ack_workers", where, str(workers)]
-    command += [str(coroutines), str(seconds), str(seed), str(out), str(stores)]
-    finished = subprocess.run(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=seconds + 120,
-        check=False,
-    )
-    assert finished.returncode == 0, finished.stdout
+    arguments = [where, str(workers), str(coroutines), str(seconds), str(seed), str(out)]
+    run_worker_module("ack_workers", *arguments, str(stores), timeout=seconds + 120)
     return [json.loads((out / f"ack-{worker}.json").read_text()) for worker in range(workers)]
 
 

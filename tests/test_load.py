@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,28 +13,17 @@ import pytest
 
 from statestore import StateStore
 
+from .conftest import run_worker_module
 from .fault_workers import LOAD_PRUNE, OPERATIONS, SHARED_SESSIONS
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_load(
     db_path: Path, processes: int, coroutines: int, seconds: float
 ) -> list[dict[str, Any]]:
     """Run ``processes`` load workers at once on ``db_path``; return their results."""
-    command = [sys.executable, "-m", "tests.fault_workers", "load", str(db_path)]
-    command += [str(processes), str(coroutines), str(seconds), "6", str(db_path.parent)]
+    arguments = [str(processes), str(coroutines), str(seconds), "6", str(db_path.parent)]
     # Generous: a worker stuck on a lock would run into busy_timeout (30 s) and beyond.
-    finished = subprocess.run(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=seconds + 120,
-        check=False,
-    )
-    assert finished.returncode == 0, finished.stdout
+    run_worker_module("fault_workers", "load", str(db_path), *arguments, timeout=seconds + 120)
     return [
         json.loads(db_path.with_name(f"load-{worker}.json").read_text())
         for worker in range(processes)
