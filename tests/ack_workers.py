@@ -25,14 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import logging
-import os
 import pickle
 import random
 import sys
 import time
-import traceback
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -43,6 +40,8 @@ from typing import Any
 
 from statestore import AgentResponse, PruneConfig, Session, StateStore, UserMessage
 from statestore.errors import InvalidDataError, StateStoreError
+
+from .fault_workers import fork_workers
 
 SESSIONS = 8
 """Sessions each worker owns."""
@@ -752,28 +751,12 @@ def run_workers(
     stores: int = 1,
 ) -> int:
     """Fork ``workers`` children (statestore imported once); return 1 if any failed."""
-    children = []
-    for worker in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            status = 0
-            try:
-                warnings.simplefilter("error")  # as in the test suite
-                result = asyncio.run(run_worker(target, worker, coroutines, seconds, seed, stores))
-                Path(out_dir, f"ack-{worker}.json").write_text(json.dumps(result))
-            except BaseException:
-                traceback.print_exc()
-                status = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-        children.append(pid)
-    worst = 0
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        worst = max(worst, int(os.waitstatus_to_exitcode(status) != 0))
-    return worst
+
+    def work(worker: int) -> dict[str, Any]:
+        warnings.simplefilter("error")  # as in the test suite
+        return asyncio.run(run_worker(target, worker, coroutines, seconds, seed, stores))
+
+    return fork_workers(workers, work, lambda worker: Path(out_dir, f"ack-{worker}.json"))
 
 
 def main(argv: list[str]) -> None:

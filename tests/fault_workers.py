@@ -30,7 +30,9 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -415,21 +417,17 @@ def _describe(error: BaseException) -> dict[str, Any]:
     }
 
 
-def run_load_processes(
-    db: str, processes: int, coroutines: int, seconds: float, seed: int, out_dir: str
-) -> int:
-    """Fork ``processes`` load workers (statestore imported once); return the worst status."""
+def fork_workers(count: int, work: Callable[[int], Any], result_file: Callable[[int], Path]) -> int:
+    """Fork ``count`` children (statestore imported once), each writing ``work(n)`` as JSON
+    to ``result_file(n)``; return 1 if any child failed (its traceback is on stderr)."""
     children = []
-    for worker in range(processes):
+    for worker in range(count):
         pid = os.fork()
         if pid == 0:
             status = 0
             try:
-                result = asyncio.run(run_load(db, worker, coroutines, seconds, seed))
-                Path(out_dir, f"load-{worker}.json").write_text(json.dumps(result))
+                result_file(worker).write_text(json.dumps(work(worker)))
             except BaseException:
-                import traceback
-
                 traceback.print_exc()
                 status = 1
             finally:
@@ -440,8 +438,19 @@ def run_load_processes(
     worst = 0
     for pid in children:
         _, status = os.waitpid(pid, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) != 0)
+        worst = max(worst, int(os.waitstatus_to_exitcode(status) != 0))
     return worst
+
+
+def run_load_processes(
+    db: str, processes: int, coroutines: int, seconds: float, seed: int, out_dir: str
+) -> int:
+    """Fork ``processes`` load workers (statestore imported once); return the worst status."""
+    return fork_workers(
+        processes,
+        lambda worker: asyncio.run(run_load(db, worker, coroutines, seconds, seed)),
+        lambda worker: Path(out_dir, f"load-{worker}.json"),
+    )
 
 
 def main(argv: list[str]) -> None:
