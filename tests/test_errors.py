@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
 from pathlib import Path
 
@@ -136,3 +137,21 @@ def test_the_tree_in_the_docstring_lists_every_error() -> None:
         assert name in (errors.__doc__ or ""), name
         assert issubclass(getattr(errors, name), statestore.StateStoreError)
         assert name in statestore.__all__
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        statestore.InvalidNameError("session id", "a/b", "has a slash"),
+        statestore.InvalidDataError("metadata", "not JSON"),
+        statestore.InvalidArgumentError("limit", "must be positive"),
+        statestore.SchemaVersionError("0003", "0004", "the database is at 0003"),
+        statestore.DatabaseBusyError("save_session failed: locked"),
+        statestore.StoreClosedError("this StateStore is closed"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_every_error_pickles_whole(error: statestore.StateStoreError) -> None:
+    """An error crosses a process pool with its class, message and fields."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert (type(copy), str(copy), vars(copy)) == (type(error), str(error), vars(error))

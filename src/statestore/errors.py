@@ -25,8 +25,10 @@ re-raises them as the :class:`DatabaseError` subclass that fits, with the origin
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import exc
 
@@ -50,7 +52,22 @@ statestore's own modules."""
 
 
 class StateStoreError(Exception):
-    """Base class of every error statestore raises on purpose."""
+    """Base class of every error statestore raises on purpose.
+
+    Every one pickles whole (message and attributes), so that it crosses a process pool.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls the class with ``args`` (the message alone), which
+        # fails for the subclasses whose constructors take their fields.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[StateStoreError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidNameError(StateStoreError, ValueError):
@@ -203,7 +220,21 @@ def translate(operation: str, error: BaseException) -> StateStoreError | None:
         return DatabaseError(f"{operation} failed: {error}")
     if isinstance(error, sqlite3.Error | OSError):
         return _driver_class(error)(f"{operation} failed: {error}")
+    asyncpg = sys.modules.get("asyncpg")  # none of its errors exist unless it is imported
+    if asyncpg is not None and isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
+        return _from_asyncpg(asyncpg, operation, error)
     return None
+
+
+def _from_asyncpg(asyncpg: Any, operation: str, error: Exception) -> StateStoreError:
+    """The statestore error for one of asyncpg's own (from the direct asyncpg path)."""
+    if getattr(error, "sqlstate", None) is not None:
+        return _driver_class(error)(f"{operation} failed: {error}")
+    if isinstance(error, ValueError):  # a value asyncpg could not encode for its column
+        return InvalidDataError(operation, str(error))
+    if isinstance(error, asyncpg.ConnectionDoesNotExistError):
+        return DatabaseUnavailableError(f"{operation} failed: {error}")
+    return DatabaseError(f"{operation} failed: {error}")
 
 
 @contextmanager
@@ -211,8 +242,8 @@ def database_errors(operation: str) -> Iterator[None]:
     """Re-raise SQLAlchemy and driver errors inside the block as statestore errors."""
     try:
         yield
-    except (exc.SQLAlchemyError, sqlite3.Error, OSError) as error:
+    except Exception as error:
         translated = translate(operation, error)
-        if translated is None:  # pragma: no cover - every such error translates
+        if translated is None:
             raise
         raise translated from error
