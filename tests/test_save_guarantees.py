@@ -205,7 +205,7 @@ async def _occupy(store: StateStore, backend: str) -> Callable[[], Any]:
             holder.close()
 
         return free_sqlite
-    held = [await store.engine.connect() for _ in range(15)]  # pool_size 5 + overflow 10
+    held = [await store.engine.connect() for _ in range(store.engine.pool.size())]  # no overflow
 
     async def free_pool() -> None:
         await asyncio.sleep(0.2)

@@ -13,6 +13,7 @@ read-then-write transaction never fails with "database is locked" half-way, and 
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, Literal
 
 from sqlalchemy import URL, event, exc, make_url
@@ -24,6 +25,7 @@ from statestore.errors import InvalidArgumentError
 
 __all__ = [
     "MIGRATE_OPTION",
+    "POOL_SIZE",
     "WRITE_OPTION",
     "Synchronous",
     "create_engine",
@@ -47,6 +49,12 @@ _ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 
 _EXTRAS = {"aiosqlite": "statestore", "asyncpg": "statestore[postgresql]"}
 """What to install for each driver."""
+
+POOL_SIZE = 16
+"""Default PostgreSQL connections a store keeps open (and never more): see the README."""
+
+_STATEMENT_CACHE = "statement_cache_size"
+"""asyncpg's prepared-statement cache size, accepted in a PostgreSQL URL's query."""
 
 
 def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
@@ -97,12 +105,28 @@ def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
 
 
 def create_engine(
-    url: URL, *, synchronous: Synchronous = "FULL", busy_timeout_ms: int = 30_000
+    url: URL,
+    *,
+    synchronous: Synchronous = "FULL",
+    busy_timeout_ms: int = 30_000,
+    pool_size: int = POOL_SIZE,
 ) -> AsyncEngine:
-    """Create an engine for ``url`` and prepare it with :func:`prepare_engine`."""
+    """Create an engine for ``url`` and prepare it with :func:`prepare_engine`.
+
+    On PostgreSQL the pool keeps ``pool_size`` connections and opens no more (a pool that
+    opens and closes connections under load pays a server backend each time). A URL
+    query ``statement_cache_size=0`` (for PgBouncer in transaction pooling mode) turns
+    asyncpg's statement cache off and gives SQLAlchemy's prepared statements unique names,
+    so that no statement is looked up on a server connection that did not prepare it.
+    """
     options: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
         options["connect_args"] = {"isolation_level": None}
+    else:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise InvalidArgumentError("pool_size", f"must be a positive int, not {pool_size!r}")
+        options.update(pool_size=pool_size, max_overflow=0)
+        url, options["connect_args"] = _statement_cache_options(url)
     try:
         engine = create_async_engine(url, **options)
     except ImportError as error:
@@ -114,6 +138,31 @@ def create_engine(
         ) from error
     prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
     return engine
+
+
+def _statement_cache_options(url: URL) -> tuple[URL, dict[str, Any]]:
+    """Move ``statement_cache_size`` from ``url``'s query into asyncpg's connect arguments."""
+    given = url.query.get(_STATEMENT_CACHE)
+    if given is None:
+        return url, {}
+    try:
+        size = int(given if isinstance(given, str) else given[-1])
+    except ValueError:
+        raise InvalidArgumentError(
+            "target", f"{_STATEMENT_CACHE} must be a whole number, not {given!r}"
+        ) from None
+    if size < 0:
+        raise InvalidArgumentError("target", f"{_STATEMENT_CACHE} must not be negative")
+    url = url.difference_update_query([_STATEMENT_CACHE])
+    connect_args: dict[str, Any] = {_STATEMENT_CACHE: size}
+    if size == 0:
+        url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+        connect_args["prepared_statement_name_func"] = _unique_statement_name
+    return url, connect_args
+
+
+def _unique_statement_name() -> str:
+    return f"__statestore_{uuid.uuid4().hex}__"
 
 
 def prepare_engine(

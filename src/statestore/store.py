@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from statestore import _ops, _rows, filestore, prune
 from statestore import migrate as migrations
 from statestore._database import Database, Queued, SessionUpdate, acknowledged
-from statestore._engine import Synchronous, create_engine, resolve_url
+from statestore._engine import POOL_SIZE, Synchronous, create_engine, resolve_url
 from statestore._validate import (
     SESSIONS_CATEGORY,
     check_category,
@@ -115,6 +115,7 @@ class StateStore:
         migrate: bool = True,
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 30.0,
+        pool_size: int = POOL_SIZE,
     ) -> _Opening:
         """Open a store on a SQLite file path or an async database URL.
 
@@ -130,6 +131,10 @@ class StateStore:
                 every acknowledged save through a power loss; ``"NORMAL"`` is faster and
                 keeps them through an application crash only.
             busy_timeout: Seconds a SQLite write waits for another process's lock.
+            pool_size: PostgreSQL connections the store keeps open, and the most it opens.
+                Saves share transactions, so a few connections serve many writers; reads
+                take one each while they run. Behind PgBouncer in transaction pooling
+                mode, add ``?statement_cache_size=0`` to the URL.
 
         Raises:
             InvalidArgumentError: ``target`` or an option is not valid.
@@ -140,8 +145,10 @@ class StateStore:
 
         async def opener() -> StateStore:
             url = resolve_url(target)
-            busy_timeout_ms = int(busy_timeout * 1000)
-            engine = create_engine(url, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+            wait_ms = int(busy_timeout * 1000)
+            engine = create_engine(
+                url, synchronous=synchronous, busy_timeout_ms=wait_ms, pool_size=pool_size
+            )
             try:
                 if migrate:
                     await migrations.upgrade(engine)
