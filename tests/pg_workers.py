@@ -12,7 +12,7 @@ import random
 import sys
 from datetime import UTC, datetime, timedelta
 
-from statestore import PruneConfig, Session, StateStore, StateStoreError
+from statestore import AgentResponse, PruneConfig, Session, StateStore, StateStoreError
 
 
 async def increment(url: str, session_ids: list[str], rounds: int) -> dict[str, int]:
@@ -81,7 +81,39 @@ async def prune_race(url: str, worker: int, rounds: int) -> dict[str, list[str]]
     return {"errors": errors}
 
 
+async def overlapping_saves(url: str, worker: int, rounds: int) -> dict[str, list[str]]:
+    """Save one shared set of sessions from 16 coroutines, in a random order each round.
+
+    Every process's batches lock some of the same rows; each session alternates between a
+    whole rewrite (a new object) and an append to the copy loaded here.
+    """
+    rng = random.Random(worker)
+    errors: list[str] = []
+    ids = [f"shared-{index}" for index in range(24)]
+    async with StateStore.open(url, migrate=False) as store:
+
+        async def saver(lane: int) -> None:
+            for turn in range(rounds):
+                session_id = rng.choice(ids)
+                try:
+                    loaded = await store.load_session(session_id)
+                    if loaded is None or turn % 2:
+                        session = Session(id=session_id, user_id=f"w{worker}")
+                        session.add_user_message(f"w{worker}-{lane}-{turn}")
+                    else:
+                        session = loaded
+                        session.add_user_message(f"w{worker}-{lane}-{turn}")
+                        session.add_agent_response(AgentResponse(content=f"r{turn}"))
+                    await store.save_session(session)
+                except StateStoreError as error:
+                    errors.append(f"{type(error).__name__}: {error}")
+
+        await asyncio.gather(*(saver(lane) for lane in range(16)))
+    return {"errors": errors}
+
+
 COMMANDS = {
+    "overlapping_saves": overlapping_saves,
     "increment": increment,
     "get_or_create": get_or_create,
     "append": append,

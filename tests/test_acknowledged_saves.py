@@ -62,8 +62,8 @@ ROW_CHECKS = {
         WHERE session_id NOT IN (SELECT id FROM sessions)
     """,
     "a session counter that is not the row count": """
-        SELECT value FROM statestore_counters
-        WHERE name = 'sessions' AND value <> (SELECT count(*) FROM sessions)
+        SELECT 1 WHERE (SELECT sum(value) FROM statestore_counters WHERE name LIKE 'sessions/%')
+            <> (SELECT count(*) FROM sessions)
     """,
 }
 

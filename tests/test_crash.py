@@ -137,8 +137,9 @@ def check_file(db_path: Path) -> None:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         if "statestore_counters" in tables:  # a kill during the first migration leaves none
             [(rows,)] = connection.execute("SELECT count(*) FROM sessions").fetchall()
-            [(counted,)] = connection.execute(
-                "SELECT value FROM statestore_counters WHERE name = 'sessions'"
+            [(counted,)] = connection.execute(  # before revision 0004, one row 'sessions'
+                "SELECT sum(value) FROM statestore_counters "
+                "WHERE name = 'sessions' OR name LIKE 'sessions/%'"
             ).fetchall()
             assert counted == rows
 

@@ -37,7 +37,7 @@ def check_integrity(db_path: Path) -> None:
         assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
         [(rows,)] = connection.execute("SELECT count(*) FROM sessions").fetchall()
         [(counted,)] = connection.execute(
-            "SELECT value FROM statestore_counters WHERE name = 'sessions'"
+            "SELECT sum(value) FROM statestore_counters WHERE name LIKE 'sessions/%'"
         ).fetchall()
         assert counted == rows
 

@@ -42,10 +42,10 @@ def stored_ids(db_path: Path) -> set[str]:
 
 
 def counter_and_count(db_path: Path) -> tuple[int, int]:
-    """Return the 'sessions' counter row and the real number of session rows."""
+    """Return the session counter (its shards' sum) and the real number of session rows."""
     with sqlite3.connect(db_path) as connection:
         [(counter,)] = connection.execute(
-            "SELECT value FROM statestore_counters WHERE name = 'sessions'"
+            "SELECT sum(value) FROM statestore_counters WHERE name LIKE 'sessions/%'"
         ).fetchall()
         [(count,)] = connection.execute("SELECT count(*) FROM sessions").fetchall()
     return counter, count

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import _ops, _rows
 from statestore._engine import Synchronous, prepare_engine
-from statestore._pool import AlchemyRunner
+from statestore._pool import PostgresRunner
 from statestore._runner import (
     Runner,
     SQLiteRunner,
@@ -108,7 +108,7 @@ class Database:
             )
             self.time = _rows.SQLITE_TIME
         else:
-            self._runner = AlchemyRunner(engine)
+            self._runner = PostgresRunner(engine)
             self.time = _rows.POSTGRESQL_TIME
 
     # -- lifecycle ----------------------------------------------------------------------

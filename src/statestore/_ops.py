@@ -96,9 +96,16 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
     """Store sessions (at most one save per session id) with shared statements.
 
     A save writes only its appended rows if the stored state is the one the session was
-    loaded as (same token), else the whole session, replacing whatever was stored.
+    loaded as (same token), else the whole session, replacing whatever was stored. On
+    PostgreSQL the rows are locked and written in id order, so that concurrent batches
+    from other processes cannot deadlock on them.
     """
-    stored = _stored_tokens(tx, [job.session_id for job in items if job.expected_token])
+    _count_first(tx)
+    if tx.dialect == "postgresql":
+        items = sorted(items, key=_by_session_id)
+        stored = _stored_tokens(tx, [job.session_id for job in items])
+    else:
+        stored = _stored_tokens(tx, [job.session_id for job in items if job.expected_token])
     appended_messages: list[dict[str, Any]] = []
     appended_responses: list[dict[str, Any]] = []
     whole: list[SaveJob] = []
@@ -115,10 +122,15 @@ def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
         _rewrite_children(tx, job)
 
 
+def _by_session_id(job: SaveJob) -> str:
+    return job.session_id
+
+
 def _count_first(tx: Tx) -> None:
-    """On PostgreSQL, lock the session counter before any session row (see the SQL)."""
+    """On PostgreSQL, lock this connection's shard of the session count before any
+    session row (see the SQL)."""
     if tx.dialect == "postgresql":
-        tx.rows(_sql.LOCK_SESSION_COUNT)
+        tx.rows(_sql.LOCK_SESSION_COUNTER_SHARD)
 
 
 def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
@@ -128,15 +140,18 @@ def _stored_tokens(tx: Tx, session_ids: list[str]) -> dict[str, int]:
     two transactions never wait on each other in a circle): a concurrent save of one of
     these sessions waits, and then this one sees its token, not the one before it.
     """
-    locking = tx.dialect == "postgresql"
-    statement = _sql.SESSION_TOKENS_FOR_UPDATE if locking else _sql.SESSION_TOKENS
+    if not session_ids:
+        return {}
+    if tx.dialect == "postgresql":
+        rows = tx.rows(_sql.SESSION_TOKENS_FOR_UPDATE, {"ids": sorted(session_ids)})
+        return {token.id: token.state_token for token in map(_sql.TokenRow._make, rows)}
     ordered = sorted(session_ids)
     stored: dict[str, int] = {}
     for start in range(0, len(ordered), _LOOKUP_CHUNK):
         chunk = ordered[start : start + _LOOKUP_CHUNK]
         placeholders = ", ".join(f":id{index}" for index in range(len(chunk)))
         params = {f"id{index}": session_id for index, session_id in enumerate(chunk)}
-        rows = tx.rows(statement.format(placeholders=placeholders), params)
+        rows = tx.rows(_sql.SESSION_TOKENS.format(placeholders=placeholders), params)
         for token in map(_sql.TokenRow._make, rows):
             stored[token.id] = token.state_token
     return stored
@@ -168,6 +183,7 @@ def import_sessions(
     session whose ``updated_at`` is later than the file's was saved since the file was
     written: it is kept unless ``replace_newer``.
     """
+    _count_first(tx)
     stored = _stored_tokens(tx, [job.session_id for job, _ in items])
     added = [job for job, _ in items if job.session_id not in stored]
     changed: list[SaveJob] = []
@@ -207,11 +223,14 @@ def _rewrite_children(tx: Tx, job: SaveJob) -> None:
 
 def insert_session_if_missing(tx: Tx, row: dict[str, Any]) -> bool:
     """Insert a new session row unless one with its id exists; return whether it did."""
+    _count_first(tx)
     return tx.run(_sql.INSERT_SESSION_IF_MISSING, row) > 0
 
 
 def _session_row(tx: Tx, session_id: str, *, lock: bool) -> _sql.SessionRow | None:
     locking = lock and tx.dialect == "postgresql"
+    if locking:  # a locked load is followed by a save, which may create the session
+        _count_first(tx)
     statement = _sql.LOAD_SESSION_FOR_UPDATE if locking else _sql.LOAD_SESSION
     rows = tx.rows(statement, {"id": session_id})
     return _sql.SessionRow._make(rows[0]) if rows else None
@@ -325,7 +344,7 @@ def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:
     a session newer than one it keeps.
     """
     statement = _sql.LOCK_SESSION_COUNT if tx.dialect == "postgresql" else _sql.COUNT_SESSIONS
-    [(count,)] = tx.rows(statement)
+    count = sum(shard for (shard,) in tx.rows(statement))
     excess = count - max_sessions
     if excess <= 0:
         return 0

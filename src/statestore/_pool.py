@@ -1,11 +1,21 @@
-"""Transactions on an async SQLAlchemy engine's pool: how statestore runs on PostgreSQL.
+"""Transactions on PostgreSQL: asyncpg connections from the engine's pool, and group commit.
 
-Each write runs in a task of its own, created when it is submitted; whoever awaits it
-awaits it shielded, so cancelling the caller never cuts a transaction half-way. Writes with
-the same key (a session id) on the same database form a lane, shared by every store of the
-process: each starts once the one submitted before it has ended, so saves of one session
-commit in call order. A transaction whose pooled connection turns out dead (the server
-restarted) runs again once on a new connection, unless it died while committing.
+A transaction body (synchronous code, the same as on SQLite) runs in a greenlet on the
+asyncpg connection behind a pooled SQLAlchemy connection; each statement is one await of
+asyncpg, as a prepared statement from asyncpg's cache (SQLAlchemy's execution layer
+costs more than the statement itself).
+
+Every write runs whatever becomes of its caller: whoever awaits it awaits it shielded, so
+cancelling the caller never cuts a transaction half-way. Writes with the same key (a
+session id) on the same database form a lane, shared by every store of the process: each
+starts once the one submitted before it has ended, so saves of one session commit in call
+order. Saves whose turn has come wait in one list; up to :data:`COMMITTERS` transactions
+at a time each take every save waiting (up to :data:`MAX_BATCH`, never two of one session,
+which the lanes rule out) and commit them together, and each caller is answered after
+that commit. If a batch fails with an error one save could cause, each of its saves is
+tried alone, so a bad save fails only its own caller. A transaction whose connection
+turns out dead (the server restarted) runs again once on a new connection, unless it
+died while committing.
 """
 
 from __future__ import annotations
@@ -15,24 +25,58 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import exc
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.util import await_, greenlet_spawn
 
 from statestore import _sql
-from statestore._engine import write_connection
-from statestore._runner import BatchBody, Body, ItemT
-from statestore._tx import AlchemyTx, Tx
-from statestore.errors import database_errors
+from statestore._runner import MAX_BATCH, BatchBody, Body
+from statestore._tx import PostgresTx, Tx
+from statestore.errors import (
+    ConstraintError,
+    DatabaseBusyError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    InvalidDataError,
+    StateStoreError,
+    database_errors,
+)
 
-__all__ = ["AlchemyRunner"]
+__all__ = ["COMMITTERS", "PostgresRunner"]
 
 ResultT = TypeVar("ResultT")
 
 logger = logging.getLogger("statestore")
+
+COMMITTERS = 4
+"""Save transactions one store runs at a time (each takes every save waiting)."""
+
+_BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+_BEGIN_BATCH = _BEGIN_WRITE + "; SET LOCAL lock_timeout = '200ms'"
+"""A batch of saves gives up on a lock held elsewhere (a row another process has locked)
+after a while, and its saves are then tried alone: one save waiting for a lock must not
+hold up the others."""
+_BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+"""One snapshot for a whole read: at READ COMMITTED each statement would see the saves
+committed before it, so a session row and its messages could come from two saves."""
+
+_DEADLOCK_RETRIES = 2
+"""Times a lone save that was a deadlock victim is tried again."""
+
+Lanes = dict[tuple[str, str], "asyncio.Future[Any]"]
+
+_lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Lanes] = weakref.WeakKeyDictionary()
+"""Per event loop, the last write queued for each (database, session id): every store of
+the process on one database shares them, so their writes of one session keep call order."""
+
+
+def _leave_lane(lanes: Lanes, lane: tuple[str, str], done: asyncio.Future[Any]) -> None:
+    if lanes.get(lane) is done:
+        del lanes[lane]
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -41,108 +85,151 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         logger.debug("write failed: %s", future.exception())
 
 
-_lanes: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, str | None], asyncio.Task[Any]]
-] = weakref.WeakKeyDictionary()
-"""Per event loop, the last write queued for each (database, session id): every store of
-the process on one database shares them, so their writes of one session keep call order."""
+def _one_save_could_cause(error: BaseException) -> bool:
+    """Whether one save of a batch could have caused ``error``, so the others may commit.
+
+    A constraint, a value, a lock held elsewhere (another process's batch, or a row locked
+    by hand), or a Python error from one save's own code could be any one save's; the
+    server unreachable or full is nobody's, and trying each save alone would only fail
+    each.
+    """
+    if isinstance(error, ConstraintError | InvalidDataError):
+        return True
+    if isinstance(error, DatabaseBusyError):
+        return _sqlstate(error) in (_DEADLOCK, _LOCK_TIMEOUT)
+    if isinstance(error, StateStoreError):
+        return type(error) is DatabaseError
+    return isinstance(error, Exception)
 
 
-def _leave_lane(
-    lanes: dict[tuple[str, str | None], asyncio.Task[Any]],
-    lane: tuple[str, str | None],
-    task: asyncio.Task[Any],
-) -> None:
-    if lanes.get(lane) is task:
-        del lanes[lane]
+_DEADLOCK = "40P01"
+_LOCK_TIMEOUT = "55P03"
 
 
-def _on_failure(callback: Callable[[], None], task: asyncio.Task[Any]) -> None:
-    if task.cancelled() or task.exception() is not None:
-        callback()
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of the driver error behind a statestore error, if it has one."""
+    sqlstate = getattr(error.__cause__, "sqlstate", None)
+    return sqlstate if isinstance(sqlstate, str) else None
 
 
-class _CommitFailed(Exception):
-    """The connection failed while committing: an error that must not be retried."""
+class _DeadConnection(Exception):
+    """The connection was lost during a transaction (``committing``: while committing)."""
 
-    def __init__(self, error: exc.DBAPIError) -> None:
+    def __init__(self, error: BaseException, *, committing: bool) -> None:
         super().__init__(str(error))
         self.error = error
+        self.committing = committing
 
 
-class AlchemyRunner:
-    """Transactions on an async SQLAlchemy engine's pool, one connection each.
+@dataclass(eq=False)
+class _Save:
+    """An item for a batch body, waiting for its turn or for its batch's commit."""
 
-    A write runs in a task of its own, created when it is submitted; whoever awaits it
-    awaits it shielded, so cancelling the caller never cuts a transaction half-way. Writes
-    with the same key on the same database form a lane, shared by every store of the
-    process on it: each starts once the one submitted before it has ended.
-    """
+    operation: str
+    batch_body: BatchBody[Any]
+    item: Any
+    on_failure: Callable[[], None] | None
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class PostgresRunner:
+    """Transactions on an async SQLAlchemy engine's pool, with group commit for saves."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._writes: set[asyncio.Task[Any]] = set()
         self._database = engine.url.render_as_string(hide_password=True)
+        self._writes: set[asyncio.Future[Any]] = set()
+        self._ready: list[_Save] = []
+        self._committers: set[asyncio.Task[None]] = set()
+
+    # -- transactions ---------------------------------------------------------------------
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
-        # One snapshot for the whole read: at READ COMMITTED each statement would see the
-        # saves committed before it, so a session row and its messages could come from two
-        # different saves.
         with database_errors(operation):
-            return await self._on_a_live_connection(body, write=False)
+            return await self._on_a_live_connection(operation, body, _BEGIN_READ)
 
-    async def _on_a_live_connection(self, body: Body[ResultT], *, write: bool) -> ResultT:
+    async def _on_a_live_connection(
+        self, operation: str, body: Body[ResultT], begin: str
+    ) -> ResultT:
         """Run ``body`` in one transaction; once more on a new connection if the first died.
 
         A pooled connection may be dead (the server restarted, or the backend was ended):
         the first statement then fails, nothing has been committed, and the same work on a
         new connection is the work the caller asked for. A connection lost while
-        committing is not retried: whether that commit happened is unknown, and the error
-        goes to the caller. This replaces a ping on every checkout (a round trip each).
+        committing is not retried: whether that commit happened is unknown, and the
+        caller gets :class:`DatabaseUnavailableError`. This replaces a ping on every
+        checkout (a round trip each).
         """
         try:
             try:
-                return await self._transaction(body, write=write)
-            except exc.DBAPIError as error:
-                if not error.connection_invalidated:
+                return await greenlet_spawn(self._transaction, body, begin)
+            except _DeadConnection as dead:
+                if dead.committing:
                     raise
-            return await self._transaction(body, write=write)
-        except _CommitFailed as failed:
-            raise failed.error from None
+            return await greenlet_spawn(self._transaction, body, begin)
+        except _DeadConnection as dead:
+            raise DatabaseUnavailableError(
+                f"{operation} failed: the connection was lost ({dead.error})"
+            ) from dead.error
 
-    async def _transaction(self, body: Body[ResultT], *, write: bool) -> ResultT:
-        async with self._engine.connect() as connection:
-            if write:
-                connection = await write_connection(connection)
-            else:
-                connection = await connection.execution_options(isolation_level="REPEATABLE READ")
-            transaction = await connection.begin()
+    def _transaction(self, body: Body[ResultT], begin: str) -> ResultT:
+        """Check out a connection and run ``body`` between ``begin`` and ``COMMIT`` (in a
+        greenlet)."""
+        pooled = self._checkout()
+        connection: Any = pooled.driver_connection  # an asyncpg.Connection
+        committing = False
+        try:
+            await_(connection.execute(begin))
             try:
-                result = await connection.run_sync(_with_tx(body))
+                result = body(PostgresTx(connection))
             except BaseException:
-                with contextlib.suppress(exc.DBAPIError):  # a dead connection cannot roll back
-                    await transaction.rollback()
+                if not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await_(connection.execute("ROLLBACK"))
                 raise
-            try:
-                await transaction.commit()
-            except exc.DBAPIError as error:
-                raise _CommitFailed(error) from error
+            committing = True
+            await_(connection.execute("COMMIT"))
             return result
+        except BaseException as error:
+            dead = connection.is_closed()
+            if dead or connection.is_in_transaction():
+                pooled.invalidate(error)  # never back in the pool half-way through
+            if dead and isinstance(error, Exception):
+                raise _DeadConnection(error, committing=committing) from error
+            raise
+        finally:
+            pooled.close()
 
-    def submit_batched(
-        self,
-        operation: str,
-        batch_body: BatchBody[ItemT],
-        item: ItemT,
-        key: str,
-        *,
-        busy_timeout: float | None = None,
-        on_failure: Callable[[], None] | None = None,
-    ) -> asyncio.Future[None]:
-        def body(tx: Tx) -> None:
-            batch_body(tx, [item])
+    def _checkout(self) -> PoolProxiedConnection:
+        """A pooled connection that asyncpg has not seen closed (in a greenlet).
 
-        return self.submit(operation, body, key=key, on_failure=on_failure)
+        A connection the server closed while it sat in the pool (a restart, an idle
+        timeout) is known closed without a round trip: it is replaced, not used.
+        """
+        while True:
+            pooled = self._engine.sync_engine.raw_connection()
+            connection: Any = pooled.driver_connection  # an asyncpg.Connection
+            if not connection.is_closed():
+                return pooled
+            pooled.invalidate()
+            pooled.close()
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _lane(self, key: str) -> tuple[Lanes, tuple[str, str], asyncio.Future[Any] | None]:
+        lanes = _lanes.setdefault(asyncio.get_running_loop(), {})
+        lane = (self._database, key)
+        return lanes, lane, lanes.get(lane)
+
+    def _track(self, done: asyncio.Future[Any], lanes: Lanes | None, lane: tuple[str, str]) -> None:
+        self._writes.add(done)
+        done.add_done_callback(self._writes.discard)
+        done.add_done_callback(_retrieve)
+        if lanes is not None:
+            lanes[lane] = done
+            done.add_done_callback(partial(_leave_lane, lanes, lane))
 
     def submit(
         self,
@@ -151,32 +238,86 @@ class AlchemyRunner:
         *,
         key: str | None = None,
         busy_timeout: float | None = None,
-        on_failure: Callable[[], None] | None = None,
     ) -> asyncio.Future[ResultT]:
-        lanes = _lanes.setdefault(asyncio.get_running_loop(), {})
-        lane = (self._database, key)
-        before = lanes.get(lane) if key is not None else None
+        if key is None:
+            lanes, lane, before = None, ("", ""), None
+        else:
+            lanes, lane, before = self._lane(key)
         task = asyncio.ensure_future(self._write_unit(operation, body, before))
-        self._writes.add(task)
-        task.add_done_callback(self._finished)
-        if on_failure is not None:
-            task.add_done_callback(partial(_on_failure, on_failure))
-        if key is not None:
-            lanes[lane] = task
-            task.add_done_callback(partial(_leave_lane, lanes, lane))
+        self._track(task, lanes, lane)
         return asyncio.shield(task)  # a cancelled waiter must not cut the transaction
 
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self._writes.discard(task)
-        _retrieve(task)
-
     async def _write_unit(
-        self, operation: str, body: Body[ResultT], before: asyncio.Task[Any] | None
+        self, operation: str, body: Body[ResultT], before: asyncio.Future[Any] | None
     ) -> ResultT:
         if before is not None:
             await asyncio.wait([before])  # its outcome is its own caller's
         with database_errors(operation):
-            return await self._on_a_live_connection(body, write=True)
+            return await self._on_a_live_connection(operation, body, _BEGIN_WRITE)
+
+    def submit_batched(
+        self,
+        operation: str,
+        batch_body: BatchBody[Any],
+        item: Any,
+        key: str,
+        *,
+        busy_timeout: float | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> asyncio.Future[None]:
+        lanes, lane, before = self._lane(key)
+        save = _Save(operation, batch_body, item, on_failure)
+        self._track(save.done, lanes, lane)
+        if before is None:
+            self._ready_to_commit(save)
+        else:
+            before.add_done_callback(lambda _: self._ready_to_commit(save))
+        return asyncio.shield(save.done)
+
+    def _ready_to_commit(self, save: _Save) -> None:
+        self._ready.append(save)
+        if len(self._committers) < COMMITTERS:
+            committer = asyncio.ensure_future(self._commit_ready())
+            self._committers.add(committer)
+            committer.add_done_callback(self._committers.discard)
+
+    async def _commit_ready(self) -> None:
+        while self._ready:
+            body = self._ready[0].batch_body
+            batch = [save for save in self._ready if save.batch_body is body][:MAX_BATCH]
+            taken = set(map(id, batch))
+            self._ready = [save for save in self._ready if id(save) not in taken]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Save], retries: int = _DEADLOCK_RETRIES) -> None:
+        first = batch[0]
+        items = [save.item for save in batch]
+
+        def body(tx: Tx) -> None:
+            first.batch_body(tx, items)
+
+        try:
+            with database_errors(first.operation):
+                await self._on_a_live_connection(
+                    first.operation, body, _BEGIN_BATCH if len(batch) > 1 else _BEGIN_WRITE
+                )
+        except BaseException as error:
+            if len(batch) > 1 and _one_save_could_cause(error):
+                # Find the failing (or waiting) save: every other one commits alone.
+                await asyncio.gather(*(self._commit([save]) for save in batch))
+                return
+            if retries and _sqlstate(error) == _DEADLOCK:
+                await self._commit(batch, retries - 1)
+                return
+            for save in batch:
+                _settle(save, error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for save in batch:
+            _settle(save, None)
+
+    # -- maintenance ----------------------------------------------------------------------
 
     async def compact(self) -> tuple[int, int]:
         with database_errors("compact"):
@@ -192,8 +333,12 @@ class AlchemyRunner:
             await asyncio.gather(*self._writes, return_exceptions=True)
 
 
-def _with_tx(body: Body[ResultT]) -> Callable[[Connection], ResultT]:
-    def run(connection: Connection) -> ResultT:
-        return body(AlchemyTx(connection))
-
-    return run
+def _settle(save: _Save, error: BaseException | None) -> None:
+    if error is not None and save.on_failure is not None:
+        save.on_failure()
+    if save.done.done():
+        return
+    if error is None:
+        save.done.set_result(None)
+    else:
+        save.done.set_exception(error)

@@ -210,6 +210,6 @@ counters = Table(
         "value",
         BigInteger,
         nullable=False,
-        comment="Row 'sessions': the number of sessions, kept by triggers on sessions.",
+        comment="Rows 'sessions/N': shards of the number of sessions, kept by triggers.",
     ),
 )

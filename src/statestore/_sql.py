@@ -32,6 +32,7 @@ __all__ = [
     "LOAD_SESSION",
     "LOAD_SESSION_FOR_UPDATE",
     "LOCK_SESSION_COUNT",
+    "LOCK_SESSION_COUNTER_SHARD",
     "OLDEST_SESSIONS_BOUND",
     "POSTGRESQL_SIZE",
     "POSTGRESQL_VACUUM",
@@ -189,8 +190,12 @@ SESSION_TOKENS = (
 )
 """Format ``placeholders`` with one ``:idN`` per session id."""
 
-SESSION_TOKENS_FOR_UPDATE = SESSION_TOKENS + " FOR UPDATE"
-"""PostgreSQL: the same, locking the rows (a concurrent save then waits for this one)."""
+SESSION_TOKENS_FOR_UPDATE = (
+    f"SELECT {_columns(TokenRow)} FROM sessions WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+)
+"""PostgreSQL: the tokens of the sessions in the array ``:ids``, locking their rows in id
+order (a concurrent save of one of them then waits for this one; two transactions taking
+rows in one order never wait on each other in a circle). One statement for any count."""
 
 LOAD_SESSION = f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = :id"
 
@@ -273,14 +278,29 @@ DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id"
 
 LIST_SESSION_IDS = "SELECT id FROM sessions"
 
-COUNT_SESSIONS = "SELECT value FROM statestore_counters WHERE name = 'sessions'"
+_COUNTER_SHARDS = "name LIKE 'sessions/%'"
+"""The rows of ``statestore_counters`` whose values add up to the number of sessions: one
+per server backend modulo 16 on PostgreSQL, kept by a trigger (revision 0004); one on
+SQLite."""
 
-LOCK_SESSION_COUNT = COUNT_SESSIONS + " FOR UPDATE"
-"""PostgreSQL: take the session counter's row lock first, before any session row.
+COUNT_SESSIONS = f"SELECT coalesce(sum(value), 0) FROM statestore_counters WHERE {_COUNTER_SHARDS}"
 
-Every insert and delete of a session updates that one row (a trigger), so a transaction
-that deletes sessions, or locks stored ones and then inserts new ones, takes it first:
-then no two such transactions can each hold a row the other waits for."""
+LOCK_SESSION_COUNT = (
+    f"SELECT value FROM statestore_counters WHERE {_COUNTER_SHARDS} ORDER BY name FOR UPDATE"
+)
+"""PostgreSQL: lock every shard of the session count (in name order) and read them, for
+a count that no other transaction can change until this one ends (a count prune)."""
+
+LOCK_SESSION_COUNTER_SHARD = """
+SELECT 1 FROM statestore_counters WHERE name = 'sessions/' || (pg_backend_pid() % 16)
+FOR NO KEY UPDATE
+"""
+"""PostgreSQL: lock the shard of the session count that this connection's trigger updates.
+
+A transaction that may create or delete sessions takes it before any session row: then
+no transaction holds a session row while it waits for a shard, and a count prune, which
+takes every shard first, cannot wait in a circle with it. Transactions on different
+connections mostly take different shards, so creates do not queue on one row."""
 
 # -- the prune rule: what a prune deletes, and what its dry run lists -------------------------
 

@@ -2,24 +2,25 @@
 
 Queries in :mod:`statestore._ops` are plain synchronous functions of a :class:`Tx`. On
 SQLite they run in a worker thread on a stdlib ``sqlite3`` connection, a whole transaction
-per thread hop; on other backends they run through SQLAlchemy's ``run_sync`` on the async
-engine. Either way the SQL is the text in :mod:`statestore._sql`.
+per thread hop; on PostgreSQL they run in a greenlet on an asyncpg connection taken from
+the engine's pool. Either way the SQL is the text in :mod:`statestore._sql`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import operator
+import re
 import sqlite3
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import TextClause, text
-from sqlalchemy.engine import Connection
 from sqlalchemy.util import await_
 
 from statestore._rows import POSTGRESQL_TIME, SQLITE_TIME, TimeCodec
 
-__all__ = ["AlchemyTx", "SQLiteTx", "Tx"]
+__all__ = ["PostgresTx", "SQLiteTx", "Tx"]
 
 ResultT = TypeVar("ResultT")
 Params = Mapping[str, Any]
@@ -71,33 +72,66 @@ class SQLiteTx:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
 
-_TEXT: dict[str, TextClause] = {}
+_NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
+"""A ``:name`` parameter (not the second colon of a ``::type`` cast)."""
 
 
-def _text(sql: str) -> TextClause:
-    clause = _TEXT.get(sql)
-    if clause is None:
-        clause = _TEXT[sql] = text(sql)
-    return clause
+@functools.cache
+def _numbered(sql: str) -> tuple[str, Callable[[Params], tuple[Any, ...]]]:
+    """Return ``sql`` with ``$1, $2 ...`` for its ``:name`` parameters, and their getter."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    numbered = _NAMED_PARAMETER.sub(number, sql)
+    if not names:
+        return numbered, lambda params: ()
+    if len(names) == 1:
+        [only] = names
+        return numbered, lambda params: (params[only],)
+    return numbered, operator.itemgetter(*names)
 
 
-class AlchemyTx:
-    """A transaction on a SQLAlchemy connection inside ``AsyncConnection.run_sync``."""
+def _changed(status: str) -> int:
+    """The row count in a command tag such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    count = status.rpartition(" ")[2]
+    return int(count) if count.isdigit() else 0
 
-    def __init__(self, connection: Connection) -> None:
+
+class PostgresTx:
+    """A transaction on an asyncpg connection, its statements run from a greenlet.
+
+    The body of a transaction is synchronous code (the same as on SQLite); it runs in a
+    greenlet (SQLAlchemy's ``greenlet_spawn``), and each statement awaits asyncpg once
+    from there, as a prepared statement from asyncpg's cache.
+    """
+
+    dialect = "postgresql"
+    time = POSTGRESQL_TIME
+
+    def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.dialect = connection.dialect.name
-        self.time = SQLITE_TIME if self.dialect == "sqlite" else POSTGRESQL_TIME
+        """The ``asyncpg.Connection``."""
 
     def rows(self, sql: str, params: Params | None = None) -> Sequence[Sequence[Any]]:
-        return self.connection.execute(_text(sql), dict(params or {})).fetchall()
+        numbered, values = _numbered(sql)
+        rows: Sequence[Sequence[Any]] = await_(
+            self.connection.fetch(numbered, *values(params or {}))
+        )
+        return rows
 
     def run(self, sql: str, params: Params | None = None) -> int:
-        return self.connection.execute(_text(sql), dict(params or {})).rowcount
+        numbered, values = _numbered(sql)
+        return _changed(await_(self.connection.execute(numbered, *values(params or {}))))
 
     def run_many(self, sql: str, rows: Sequence[Params]) -> None:
         if rows:
-            self.connection.execute(_text(sql), [dict(row) for row in rows])
+            numbered, values = _numbered(sql)
+            await_(self.connection.executemany(numbered, [values(row) for row in rows]))
 
     def call_in_loop(self, coroutine: Coroutine[Any, Any, ResultT]) -> ResultT:
         return await_(coroutine)
