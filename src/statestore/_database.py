@@ -12,9 +12,11 @@ import contextvars
 import inspect
 import os
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,13 +35,21 @@ from statestore.errors import (
     InvalidArgumentError,
     InvalidDataError,
     ReentrantWriteError,
+    SessionNotFoundError,
     StoreClosedError,
 )
-from statestore.models import Session
+from statestore.models import AgentResponse, Session, UserMessage
 
-__all__ = ["Database", "SessionUpdate", "acknowledged"]
+__all__ = ["Database", "Opening", "SessionUpdate", "acknowledged"]
 
 ResultT = TypeVar("ResultT")
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+StoreT = TypeVar("StoreT", bound=_Closable)
 
 SessionUpdate = Callable[[Session], Session | Awaitable[Session | None] | None]
 """What ``update_session_with`` applies: changes the session in place, or returns another."""
@@ -232,9 +242,9 @@ class Database:
         """
         self.check_writable("save_session")
         job, record = self.plan_save(session)
-
-        def queue() -> asyncio.Future[None]:
-            return self._runner.submit_batched(
+        return _queued_now_or_later(
+            partial(
+                self._runner.submit_batched,
                 "save_session",
                 _ops.save_sessions,
                 job,
@@ -242,13 +252,36 @@ class Database:
                 busy_timeout=self._busy_timeout,
                 on_failure=partial(_forget, session, record),
             )
+        )
 
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return queue
-        queued = queue()
-        return lambda: queued
+    def append(
+        self,
+        session_id: str,
+        messages: Sequence[UserMessage],
+        responses: Sequence[AgentResponse],
+        metadata: dict[str, Any] | None,
+    ) -> Awaitable[None]:
+        """Check and capture an append now, queued as :meth:`capture_save` queues a save;
+        the result raises :class:`SessionNotFoundError` if the session is not stored."""
+        self.check_writable("append_to_session")
+        job = _ops.AppendJob(
+            session_id=session_id,
+            message_rows=_rows.message_rows(session_id, messages, self.time),
+            response_rows=_rows.response_rows(session_id, responses, self.time),
+            updated_at=self.time.bind(datetime.now(UTC)),
+            state_token=_tokens.getrandbits(63),
+            metadata=None if metadata is None else _rows.metadata_columns(metadata),
+        )
+        queued = _queued_now_or_later(
+            partial(
+                self._runner.submit,
+                "append_to_session",
+                partial(_ops.append_to_session, job=job),
+                key=session_id,
+                busy_timeout=self._busy_timeout,
+            )
+        )
+        return _appended(queued, session_id)
 
     async def insert_if_missing(self, session: Session) -> Session | None:
         """Save a new session unless one with its id exists; return the stored one if so."""
@@ -300,6 +333,47 @@ class Database:
             return None
         saved: Session = outcome["session"]
         return saved
+
+
+async def _appended(queued: Callable[[], Awaitable[bool]], session_id: str) -> None:
+    if not await queued():
+        raise SessionNotFoundError(session_id)
+
+
+class Opening(Generic[StoreT]):
+    """What ``StateStore.open`` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, opener: Callable[[], Coroutine[Any, Any, StoreT]]) -> None:
+        self._opener = opener
+        self._store: StoreT | None = None
+
+    def __await__(self) -> Generator[Any, None, StoreT]:
+        return self._opener().__await__()
+
+    async def __aenter__(self) -> StoreT:
+        self._store = await self._opener()
+        return self._store
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+
+def _queued_now_or_later(
+    queue: Callable[[], asyncio.Future[ResultT]],
+) -> Callable[[], asyncio.Future[ResultT]]:
+    """Queue a write now if on the event loop, else when the result is first called."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return queue
+    queued = queue()
+    return lambda: queued
 
 
 def _forget(session: Session, record: StoredState | None) -> None:

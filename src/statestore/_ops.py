@@ -18,8 +18,10 @@ from statestore._validate import SESSIONS_CATEGORY
 from statestore.models import Session, SessionSummary, SessionTail
 
 __all__ = [
+    "AppendJob",
     "ImportCounts",
     "SaveJob",
+    "append_to_session",
     "delete_document",
     "delete_excess_sessions",
     "delete_file",
@@ -90,6 +92,69 @@ def _after(log: RowLog, start: int) -> Sequence[dict[str, Any]]:
     if log.before is not None and log.before.count == start and log.convert is None:
         return log.rows
     return log.params()[start:]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendJob:
+    """A checked append, captured at the call: rows with positions counted from 0.
+
+    Attributes:
+        session_id: The session appended to.
+        message_rows: The new ``messages`` rows (their positions are set in the
+            transaction, after the stored ones).
+        response_rows: Likewise for ``responses``.
+        updated_at: The session's new ``updated_at``, in storage form.
+        state_token: The session's new state token.
+        metadata: The new metadata (JSON text) and its project id, or ``None`` to keep them.
+    """
+
+    session_id: str
+    message_rows: list[dict[str, Any]]
+    response_rows: list[dict[str, Any]]
+    updated_at: Any
+    state_token: int
+    metadata: tuple[str, str | None] | None
+
+
+def append_to_session(tx: Tx, job: AppendJob) -> bool:
+    """Append rows after a stored session's own, whatever its length; ``False`` if none.
+
+    Reads only the session's row (locked on PostgreSQL): the cost does not grow with the
+    history. The session gets a new state token, so any copy loaded before saves whole.
+    """
+    statement = (
+        _sql.SESSION_COUNTS_FOR_UPDATE if tx.dialect == "postgresql" else _sql.SESSION_COUNTS
+    )
+    found = tx.rows(statement, {"id": job.session_id})
+    if not found:
+        return False
+    stored = _sql.CountsRow._make(found[0])
+    tx.run_many(_sql.INSERT_MESSAGE, _placed(job.message_rows, stored.message_count))
+    tx.run_many(_sql.INSERT_RESPONSE, _placed(job.response_rows, stored.response_count))
+    unset = _rows.unset_after_append(
+        stored.unset_fields,
+        messages=bool(job.message_rows),
+        responses=bool(job.response_rows),
+        metadata=job.metadata is not None,
+    )
+    params: dict[str, Any] = {
+        "id": job.session_id,
+        "message_count": stored.message_count + len(job.message_rows),
+        "response_count": stored.response_count + len(job.response_rows),
+        "updated_at": job.updated_at,
+        "state_token": job.state_token,
+        "unset_fields": unset,
+    }
+    if job.metadata is None:
+        tx.run(_sql.APPEND_TO_SESSION, params)
+    else:
+        params["metadata"], params["project_id"] = job.metadata
+        tx.run(_sql.APPEND_TO_SESSION_WITH_METADATA, params)
+    return True
+
+
+def _placed(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    return [{**row, "position": start + index} for index, row in enumerate(rows)]
 
 
 def save_sessions(tx: Tx, items: list[SaveJob]) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "dump_json_document",
     "message_rows",
     "messages_from_rows",
+    "metadata_columns",
     "project_id_of",
     "response_rows",
     "responses_from_rows",
@@ -54,6 +55,7 @@ __all__ = [
     "session_row",
     "summary_from_row",
     "tail_from_rows",
+    "unset_after_append",
 ]
 
 PROJECT_METADATA_KEY = "project_ids"
@@ -165,6 +167,29 @@ def session_row(session: Session, time: TimeCodec, state_token: int) -> dict[str
 
 def _unset_fields(session: Session) -> str | None:
     unset = [name for name in OMITTABLE_FIELDS if name not in session.model_fields_set]
+    return _encode_json(unset) if unset else None
+
+
+def metadata_columns(metadata: object) -> tuple[str, str | None]:
+    """Check session metadata and return its ``metadata`` and ``project_id`` columns."""
+    if not isinstance(metadata, dict):
+        raise InvalidDataError("metadata", f"must be a dict, not {type(metadata).__name__}")
+    check_json("metadata", metadata)
+    return _dump_json("metadata", metadata), project_id_of(metadata)
+
+
+def unset_after_append(
+    stored: Any, *, messages: bool, responses: bool, metadata: bool
+) -> str | None:
+    """A stored ``unset_fields`` value without the fields an append just gave values."""
+    if stored is None:
+        return None
+    given = {
+        "user_messages": messages,
+        "agent_responses": responses,
+        "metadata": metadata,
+    }
+    unset = [name for name in _load_json(stored) if not given.get(name)]
     return _encode_json(unset) if unset else None
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
+    "APPEND_TO_SESSION",
+    "APPEND_TO_SESSION_WITH_METADATA",
     "COUNT_DOCUMENTS",
     "COUNT_SESSIONS",
     "DELETE_DOCUMENT",
@@ -40,6 +42,8 @@ __all__ = [
     "PRUNABLE_STALE",
     "SELECT_MESSAGES",
     "SELECT_RESPONSES",
+    "SESSION_COUNTS",
+    "SESSION_COUNTS_FOR_UPDATE",
     "SESSION_TOKENS",
     "SESSION_TOKENS_FOR_UPDATE",
     "STALE_SESSION_EXISTS",
@@ -51,6 +55,7 @@ __all__ = [
     "UPSERT_RESPONSE",
     "UPSERT_SESSION",
     "BoundRow",
+    "CountsRow",
     "DocumentRow",
     "MessageRow",
     "ResponseRow",
@@ -109,6 +114,14 @@ class TokenRow(NamedTuple):
 
     id: str
     state_token: int
+
+
+class CountsRow(NamedTuple):
+    """What an append needs of the stored session: where its lists end, what is unset."""
+
+    message_count: int
+    response_count: int
+    unset_fields: Any
 
 
 class SessionRow(NamedTuple):
@@ -196,6 +209,25 @@ SESSION_TOKENS_FOR_UPDATE = (
 """PostgreSQL: the tokens of the sessions in the array ``:ids``, locking their rows in id
 order (a concurrent save of one of them then waits for this one; two transactions taking
 rows in one order never wait on each other in a circle). One statement for any count."""
+
+SESSION_COUNTS = f"SELECT {_columns(CountsRow)} FROM sessions WHERE id = :id"
+
+SESSION_COUNTS_FOR_UPDATE = SESSION_COUNTS + " FOR UPDATE"
+"""PostgreSQL: the same, locking the row (an append then has the session to itself)."""
+
+_APPENDED = """
+    message_count = :message_count, response_count = :response_count,
+    updated_at = :updated_at, version = version + 1, state_token = :state_token,
+    unset_fields = :unset_fields"""
+
+APPEND_TO_SESSION = f"UPDATE sessions SET {_APPENDED} WHERE id = :id"
+"""A session's row after an append: new counts, time and token."""
+
+APPEND_TO_SESSION_WITH_METADATA = (
+    f"UPDATE sessions SET {_APPENDED}, metadata = :metadata, project_id = :project_id "
+    "WHERE id = :id"
+)
+"""The same, with the metadata replaced."""
 
 LOAD_SESSION = f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = :id"
 

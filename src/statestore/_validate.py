@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from statestore.errors import InvalidDataError, InvalidNameError
+from statestore.errors import InvalidArgumentError, InvalidDataError, InvalidNameError
 from statestore.models import (
     FILE_CONTEXT,
     MAX_JSON_DEPTH,
@@ -41,11 +41,13 @@ from statestore.models import (
 )
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_FILE_NAME_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_TEXT_LENGTH",
     "SESSIONS_CATEGORY",
     "check_category",
+    "check_count",
     "check_json",
     "check_length",
     "check_name",
@@ -57,6 +59,16 @@ __all__ = [
     "session_from_document",
     "session_from_json",
 ]
+
+MAX_COUNT = 2**63 - 1
+"""The largest ``limit`` or ``page_size`` (the databases' 64-bit integers)."""
+
+
+def check_count(field: str, value: object) -> None:
+    """Raise unless ``value`` is an int from 1 to :data:`MAX_COUNT`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
+        raise InvalidArgumentError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
+
 
 MAX_FILE_NAME_BYTES = 255
 """The longest file name (in bytes) that common file systems hold."""

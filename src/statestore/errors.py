@@ -8,6 +8,7 @@ Every error statestore raises on purpose derives from :class:`StateStoreError`::
     │   └── InvalidArgumentError                 an option or argument out of its range or type
     ├── StoreClosedError (also RuntimeError)     the store was used after close()
     ├── ReentrantWriteError (also RuntimeError)  a write from inside update_session_with's fn
+    ├── SessionNotFoundError (also LookupError)  no session has the id an append names
     ├── SchemaVersionError                       the database is not at this version's schema
     ├── MigrationError                           a migration could not run, or broke the data
     └── DatabaseError                            the database refused or failed an operation
@@ -43,6 +44,7 @@ __all__ = [
     "MigrationError",
     "ReentrantWriteError",
     "SchemaVersionError",
+    "SessionNotFoundError",
     "StateStoreError",
     "StorageFullError",
     "StoreClosedError",
@@ -114,6 +116,21 @@ class ReentrantWriteError(StateStoreError, RuntimeError):
     ``fn`` runs while the database's write transaction is held, so the write would wait
     for itself: change the session passed to ``fn`` instead.
     """
+
+
+class SessionNotFoundError(StateStoreError, LookupError):
+    """No stored session has the id an operation needs (``append_to_session``).
+
+    Attributes:
+        session_id: The id asked for.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session {session_id!r} is stored")
+        self.session_id = session_id
+
+    def __str__(self) -> str:  # LookupError would print the message quoted
+        return str(self.args[0])
 
 
 class SchemaVersionError(StateStoreError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -23,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import _ops, _rows, filestore, prune
 from statestore import migrate as migrations
-from statestore._database import Database, Queued, SessionUpdate, acknowledged
+from statestore._database import Database, Opening, Queued, SessionUpdate, acknowledged
 from statestore._engine import POOL_SIZE, Synchronous, create_engine, resolve_url
 from statestore._validate import (
+    MAX_COUNT,
     SESSIONS_CATEGORY,
     check_category,
+    check_count,
     check_name,
     check_text,
     check_timestamp,
@@ -36,7 +38,14 @@ from statestore._validate import (
     session_from_document,
 )
 from statestore.errors import InvalidArgumentError
-from statestore.models import MIN_TIMESTAMP, Session, SessionSummary, SessionTail
+from statestore.models import (
+    MIN_TIMESTAMP,
+    AgentResponse,
+    Session,
+    SessionSummary,
+    SessionTail,
+    UserMessage,
+)
 from statestore.prune import PruneConfig, PruneThrottle
 from statestore.stats import StoreStats, read_stats
 
@@ -45,38 +54,6 @@ __all__ = ["MAX_COUNT", "SessionUpdate", "StateStore"]
 logger = logging.getLogger("statestore")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-MAX_COUNT = 2**63 - 1
-"""The largest ``limit`` or ``page_size`` (the databases' 64-bit integers)."""
-
-
-def _check_count(field: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
-        raise InvalidArgumentError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
-
-
-class _Opening:
-    """What :meth:`StateStore.open` returns: await it, or use it with ``async with``."""
-
-    def __init__(self, opener: Callable[[], Coroutine[Any, Any, StateStore]]) -> None:
-        self._opener = opener
-        self._store: StateStore | None = None
-
-    def __await__(self) -> Generator[Any, None, StateStore]:
-        return self._opener().__await__()
-
-    async def __aenter__(self) -> StateStore:
-        self._store = await self._opener()
-        return self._store
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._store is not None:
-            await self._store.close()
 
 
 class StateStore:
@@ -87,10 +64,9 @@ class StateStore:
     :meth:`close` (or use ``async with``) when done. Closing a wrapped engine's store does not
     dispose of the engine.
 
-    Every write is one transaction. On SQLite, the writes of every store in the process on
-    one file go through one writer thread that commits the saves queued together in one
-    transaction (group commit), and reads run in their own threads; a write whose caller is
-    cancelled still runs to its commit or rollback, so the write lock is never left held.
+    Every write is one transaction; saves queued together share one (group commit: on
+    SQLite in one writer thread per file, on PostgreSQL on the pool). A write whose caller
+    is cancelled still runs to its commit or rollback, so no lock is left held.
 
     Args:
         engine: An async SQLAlchemy engine on a SQLite file (aiosqlite) or PostgreSQL
@@ -116,7 +92,7 @@ class StateStore:
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 30.0,
         pool_size: int = POOL_SIZE,
-    ) -> _Opening:
+    ) -> Opening[StateStore]:
         """Open a store on a SQLite file path or an async database URL.
 
         Use as ``store = await StateStore.open(...)`` (then ``await store.close()``) or as
@@ -131,10 +107,9 @@ class StateStore:
                 every acknowledged save through a power loss; ``"NORMAL"`` is faster and
                 keeps them through an application crash only.
             busy_timeout: Seconds a SQLite write waits for another process's lock.
-            pool_size: PostgreSQL connections the store keeps open, and the most it opens.
-                Saves share transactions, so a few connections serve many writers; reads
-                take one each while they run. Behind PgBouncer in transaction pooling
-                mode, add ``?statement_cache_size=0`` to the URL.
+            pool_size: PostgreSQL connections the store keeps, and the most it opens
+                (saves share transactions). Behind PgBouncer, add the URL query
+                ``?statement_cache_size=0``.
 
         Raises:
             InvalidArgumentError: ``target`` or an option is not valid.
@@ -161,7 +136,7 @@ class StateStore:
             store._db.owns_engine = True
             return store
 
-        return _Opening(opener)
+        return Opening(opener)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -217,6 +192,31 @@ class StateStore:
         """Same as :meth:`save_session`."""
         return self.save_session(session)
 
+    def append_to_session(
+        self,
+        session_id: str,
+        *,
+        user_messages: Sequence[UserMessage] = (),
+        agent_responses: Sequence[AgentResponse] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> Awaitable[None]:
+        """Append messages and responses to a stored session without loading it.
+
+        One transaction, whatever the history's length: it reads the session's row,
+        inserts the new rows after its own, and sets ``updated_at`` to now (and the
+        metadata, if given). Captured when called and in call order with the session's
+        saves, as :meth:`save_session`; a copy loaded before it saves whole afterwards.
+
+        Raises:
+            InvalidNameError: The session id breaks the naming rules.
+            InvalidDataError: A message, response or the metadata cannot be stored (raised
+                by the call itself).
+            SessionNotFoundError: No session has this id; nothing is written.
+            DatabaseError: The database failed; nothing is written.
+        """
+        check_writable_name(session_id, kind="session id")
+        return self._db.append(session_id, user_messages, agent_responses, metadata)
+
     async def load_session(self, session_id: str) -> Session | None:
         """Return the stored session with this id, or ``None`` if there is none."""
         check_name(session_id, kind="session id")
@@ -267,7 +267,7 @@ class StateStore:
         if updated_before is not None:
             check_timestamp("updated_before", updated_before)
         if limit is not None:
-            _check_count("limit", limit)
+            check_count("limit", limit)
         listing = partial(
             _ops.list_summaries,
             user_id=user_id,
@@ -290,7 +290,7 @@ class StateStore:
         The same order and filters as :meth:`list_sessions`, holding at most ``page_size``
         summaries in memory however many sessions there are.
         """
-        _check_count("page_size", page_size)
+        check_count("page_size", page_size)
         after: SessionSummary | None = None
         while True:
             page = await self.list_sessions(
