@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,58 @@ def test_backend_benchmark_reports_every_operation_on_both() -> None:
         assert float(sqlite.replace(",", "")) > 0, name
         assert float(postgresql.replace(",", "")) > 0, name
         assert ratio.strip().endswith("x"), name
+
+
+@pytest.mark.postgresql
+def test_postgresql_benchmark_reports_every_figure_for_both_sides() -> None:
+    """bench_postgresql.py --quick exits 0 with a row per figure, raw and statestore measured."""
+    rows = table_rows("bench_postgresql.py", "--quick", "--postgresql", POSTGRESQL_SERVER)
+
+    figures = [
+        "appends/s, 64 coroutines, one process",
+        "p99 latency of a save, 64 coroutines, one process",
+        "server connections opened",
+        "append one exchange, sequential",
+        "new sessions/s, 64 coroutines",
+        "p99 latency of a new session's save, 64 coroutines",
+        "load a session of",
+        "list newest 50 of",
+        "list all 1,000 sessions",
+        "list all, growth",
+        "update_session_with",
+        "appends/s in total, 4 processes x 16 coroutines",
+        "p99 latency of a save, 4 processes x 16 coroutines",
+    ]
+    assert len(rows) == len(figures)
+    for figure in figures:
+        assert any(row.startswith(f"| {figure}") for row in rows), figure
+    for row in rows:
+        name, raw, statestore = row.split("|")[1:4]
+        assert re.search(r"\d", raw), name
+        assert re.search(r"\d", statestore), name
+
+
+def test_peers_benchmark_reports_every_workload() -> None:
+    """bench_peers.py --quick exits 0 with a row per workload when the bench extra is in."""
+    pytest.importorskip("agents")
+    pytest.importorskip("langgraph.checkpoint.sqlite")
+    rows = table_rows("bench_peers.py", "--quick")
+
+    workloads = [
+        "append one exchange (10 of history), median",
+        "append one exchange, p95",
+        "append without load, 10 exchanges of history",
+        "append without load, 200 exchanges of history",
+        "load a conversation of",
+        "list all of 1,000 sessions",
+        "list newest 50 of 1,000 sessions",
+        "create a session + 2 turns",
+        "delete one session",
+        "64 coroutines appending (floors: sequential), appends/s",
+        "64 coroutines appending (floors: sequential), p99",
+    ]
+    assert len(rows) == len(workloads)
+    for workload, row in zip(workloads, rows, strict=True):
+        assert row.startswith(f"| {workload}"), workload
+        statestore = row.split("|")[2]
+        assert any(character.isdigit() for character in statestore), workload
