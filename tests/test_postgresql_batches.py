@@ -234,3 +234,28 @@ async def test_upgrade_to_0004_keeps_the_count_and_downgrade_sums_it(
         assert await connection.fetchval("SELECT value FROM statestore_counters") == 3
     finally:
         await connection.close()
+
+
+async def test_cancelled_reads_leave_no_transaction_open(
+    postgresql_url: URL, raw: asyncpg.Connection
+) -> None:
+    """Loads cancelled at every point finish apart: no pooled connection stays in a
+    transaction, and the next read sees a save made after them."""
+    async with StateStore.open(postgresql_url, pool_size=2) as store:
+        session = make_session(messages=300)
+        await store.save_session(session)
+        for attempt in range(40):
+            load = asyncio.ensure_future(store.load_session(session.id))
+            for _ in range(attempt % 8):
+                await asyncio.sleep(0)
+            load.cancel()
+        later = make_session("later", messages=1)
+        await store.save_session(later)
+        assert await store.load_session(later.id) == later
+        for _ in range(3):  # every pooled connection, in turn
+            assert await store.load_session(later.id) == later
+        idle_in_transaction = await raw.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+        )
+        assert idle_in_transaction == 0

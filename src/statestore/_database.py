@@ -13,6 +13,7 @@ import inspect
 import os
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from types import TracebackType
@@ -60,9 +61,21 @@ SessionUpdate = Callable[[Session], Session | Awaitable[Session | None] | None]
 _tokens = random.Random()
 os.register_at_fork(after_in_child=_tokens.seed)
 
-# The runner whose write transaction an update_session_with fn is running inside: stores
-# on one SQLite file share a runner, so a write through any of them would wait forever.
-_updating_runner: contextvars.ContextVar[Runner | None] = contextvars.ContextVar(
+
+@dataclass(frozen=True)
+class _Update:
+    """An ``update_session_with`` whose fn is running: its runner and its transaction."""
+
+    runner: Runner
+    tx: Tx
+    reading: asyncio.Lock
+    """Taken by each read fn makes: on PostgreSQL they run on the update's connection."""
+
+
+# The update whose fn is running here: stores on one SQLite file share a runner, so a
+# write through any of them would wait forever; on PostgreSQL a read waiting for a second
+# connection could wait forever on a pool the updates fill.
+_updating: contextvars.ContextVar[_Update | None] = contextvars.ContextVar(
     "statestore_updating", default=None
 )
 
@@ -157,7 +170,8 @@ class Database:
     def check_writable(self, operation: str) -> None:
         """Raise unless a write may start: the store is open and not inside an update's fn."""
         self.check_open()
-        if _updating_runner.get() is self._runner:
+        updating = _updating.get()
+        if updating is not None and updating.runner is self._runner:
             raise ReentrantWriteError(
                 f"{operation} called from inside update_session_with's fn, which holds this "
                 "database's write transaction: change the session passed to fn instead"
@@ -166,22 +180,51 @@ class Database:
     # -- reads and writes ---------------------------------------------------------------
 
     async def read(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
-        """Run ``body`` in one read transaction (one snapshot)."""
+        """Run ``body`` in one read transaction (one snapshot).
+
+        Inside an ``update_session_with`` fn on PostgreSQL, it runs in the update's own
+        transaction instead (which sees the session as locked, before fn's changes).
+        """
         self.check_open()
+        updating = _updating.get()
+        if (
+            isinstance(self._runner, PostgresRunner)
+            and updating
+            and updating.runner is self._runner
+        ):
+            async with updating.reading:
+                return await self._runner.read_in(updating.tx, operation, body)
         return await self._runner.read(operation, body)
 
     def submit(
-        self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
+        self,
+        operation: str,
+        body: Callable[[Tx], ResultT],
+        *,
+        key: str | None = None,
+        rerun: bool = True,
     ) -> asyncio.Future[ResultT]:
-        """Queue ``body`` in a write transaction now; ``key`` (a session id) keeps call order."""
+        """Queue ``body`` in a write transaction now; ``key`` (a session id) keeps call order.
+
+        ``rerun``: whether the body may run again after a failure that wrote nothing (a
+        dead connection, a deadlock); not for bodies with effects outside the database.
+        """
         self.check_writable(operation)
-        return self._runner.submit(operation, body, key=key, busy_timeout=self._busy_timeout)
+        return self._runner.submit(
+            operation, body, key=key, busy_timeout=self._busy_timeout, rerun=rerun
+        )
 
     async def write(
         self, operation: str, body: Callable[[Tx], ResultT], *, key: str | None = None
     ) -> ResultT:
         """Run ``body`` in a write transaction; a cancelled caller leaves it to finish."""
         return await self.submit(operation, body, key=key)
+
+    def write_in_order(
+        self, operation: str, body: Callable[[Tx], ResultT], *, key: str
+    ) -> Awaitable[ResultT]:
+        """Queue ``body`` now, in ``key``'s call order (as a save is queued); await the result."""
+        return _outcome(_queued_now_or_later(partial(self.submit, operation, body, key=key)))
 
     async def compact(self) -> tuple[int, int]:
         """Give deleted rows' space back; return the bytes used before and after."""
@@ -283,8 +326,9 @@ class Database:
         )
         return _appended(queued, session_id)
 
-    async def insert_if_missing(self, session: Session) -> Session | None:
-        """Save a new session unless one with its id exists; return the stored one if so."""
+    def get_or_create(self, session: Session) -> Awaitable[Session]:
+        """Queue a save of a new session unless one with its id exists; the result is the
+        stored one if so, else ``session``."""
         job, record = self.plan_save(session)
 
         def body(tx: Tx) -> Session | None:
@@ -292,22 +336,26 @@ class Database:
                 return None
             return _ops.load_session(tx, session.id)
 
-        done = self.submit("get_or_create_session", body, key=session.id)
-        done.add_done_callback(partial(_forget_unless_stored, session, record))
-        return await done
+        def queue() -> asyncio.Future[Session | None]:
+            done = self.submit("get_or_create_session", body, key=session.id)
+            done.add_done_callback(partial(_forget_unless_stored, session, record))
+            return done
 
-    async def update_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
-        """Load, apply ``fn`` on the loop, and save, in one write transaction (see the API)."""
+        return _stored_or(session, _queued_now_or_later(queue))
+
+    def update_with(self, session_id: str, fn: SessionUpdate) -> Awaitable[Session | None]:
+        """Queue: load, apply ``fn`` on the loop, and save, in one write transaction (see
+        the API). ``fn`` runs once at most: the transaction is never run again."""
         outcome: dict[str, Any] = {}
 
-        async def apply(session: Session) -> _ops.SaveJob:
-            marker = _updating_runner.set(self._runner)
+        async def apply(session: Session, tx: Tx) -> _ops.SaveJob:
+            marker = _updating.set(_Update(self._runner, tx, asyncio.Lock()))
             try:
                 returned = fn(session)
                 if inspect.isawaitable(returned):
                     returned = await returned
             finally:
-                _updating_runner.reset(marker)
+                _updating.reset(marker)
             if isinstance(returned, Session):
                 session = returned
             if session.id != session_id:
@@ -320,19 +368,39 @@ class Database:
             session = _ops.load_session(tx, session_id, lock=True)
             if session is None:
                 return False
-            _ops.save_sessions(tx, [tx.call_in_loop(apply(session))])
+            # The session exists and is locked: the save creates none, so it needs no
+            # counter shard (and holds none while fn runs).
+            _ops.save_sessions(tx, [tx.call_in_loop(apply(session, tx))], creates=False)
             return True
 
         def settled(done: asyncio.Future[bool]) -> None:
             if "session" in outcome:
                 _forget_unless_stored(outcome["session"], outcome["record"], done)
 
-        done = self.submit("update_session_with", body, key=session_id)
-        done.add_done_callback(settled)
-        if not await done:
-            return None
-        saved: Session = outcome["session"]
-        return saved
+        def queue() -> asyncio.Future[bool]:
+            done = self.submit("update_session_with", body, key=session_id, rerun=False)
+            done.add_done_callback(settled)
+            return done
+
+        return _updated(_queued_now_or_later(queue), outcome)
+
+
+async def _outcome(queued: Callable[[], Awaitable[ResultT]]) -> ResultT:
+    return await queued()
+
+
+async def _stored_or(new: Session, queued: Callable[[], Awaitable[Session | None]]) -> Session:
+    existing = await queued()
+    return new if existing is None else existing
+
+
+async def _updated(
+    queued: Callable[[], Awaitable[bool]], outcome: dict[str, Any]
+) -> Session | None:
+    if not await queued():
+        return None
+    saved: Session = outcome["session"]
+    return saved
 
 
 async def _appended(queued: Callable[[], Awaitable[bool]], session_id: str) -> None:

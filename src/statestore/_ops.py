@@ -157,15 +157,17 @@ def _placed(rows: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
     return [{**row, "position": start + index} for index, row in enumerate(rows)]
 
 
-def save_sessions(tx: Tx, items: list[SaveJob]) -> None:
+def save_sessions(tx: Tx, items: list[SaveJob], *, creates: bool = True) -> None:
     """Store sessions (at most one save per session id) with shared statements.
 
     A save writes only its appended rows if the stored state is the one the session was
     loaded as (same token), else the whole session, replacing whatever was stored. On
     PostgreSQL the rows are locked and written in id order, so that concurrent batches
-    from other processes cannot deadlock on them.
+    from other processes cannot deadlock on them. ``creates=False``: the caller holds the
+    lock of every session's row already, so none is created (no counter shard is taken).
     """
-    _count_first(tx)
+    if creates:
+        _count_first(tx)
     if tx.dialect == "postgresql":
         items = sorted(items, key=_by_session_id)
         stored = _stored_tokens(tx, [job.session_id for job in items])
@@ -294,8 +296,6 @@ def insert_session_if_missing(tx: Tx, row: dict[str, Any]) -> bool:
 
 def _session_row(tx: Tx, session_id: str, *, lock: bool) -> _sql.SessionRow | None:
     locking = lock and tx.dialect == "postgresql"
-    if locking:  # a locked load is followed by a save, which may create the session
-        _count_first(tx)
     statement = _sql.LOAD_SESSION_FOR_UPDATE if locking else _sql.LOAD_SESSION
     rows = tx.rows(statement, {"id": session_id})
     return _sql.SessionRow._make(rows[0]) if rows else None

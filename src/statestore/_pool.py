@@ -65,9 +65,10 @@ _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 committed before it, so a session row and its messages could come from two saves."""
 
 _DEADLOCK_RETRIES = 2
-"""Times a lone save that was a deadlock victim is tried again."""
+"""Times a write (or a lone save) that was a deadlock victim is tried again."""
 
 Lanes = dict[tuple[str, str], "asyncio.Future[Any]"]
+"""The last write queued for each (database, session id)."""
 
 _lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Lanes] = weakref.WeakKeyDictionary()
 """Per event loop, the last write queued for each (database, session id): every store of
@@ -139,7 +140,12 @@ class PostgresRunner:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._database = engine.url.render_as_string(hide_password=True)
+        url = engine.url
+        self._database = (
+            f"{url.username}@{(url.host or '').lower()}:{url.port or 5432}/{url.database}"
+        )
+        """The database as lanes know it: stores whose URLs name the same user, host, port
+        and database share lanes, whatever their driver, query or password."""
         self._writes: set[asyncio.Future[Any]] = set()
         self._ready: list[_Save] = []
         self._committers: set[asyncio.Task[None]] = set()
@@ -147,11 +153,24 @@ class PostgresRunner:
     # -- transactions ---------------------------------------------------------------------
 
     async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
+        # A task of its own, awaited shielded as a write is: a cancelled reader never cuts
+        # a transaction half-way (its connection could go back to the pool mid-transaction).
+        task = asyncio.ensure_future(self._read_unit(operation, body))
+        self._track(task, None, ("", ""))  # close() waits for it too
+        return await asyncio.shield(task)
+
+    async def _read_unit(self, operation: str, body: Body[ResultT]) -> ResultT:
         with database_errors(operation):
             return await self._on_a_live_connection(operation, body, _BEGIN_READ)
 
+    async def read_in(self, tx: Tx, operation: str, body: Body[ResultT]) -> ResultT:
+        """Run ``body`` in a transaction already open (whose own greenlet is waiting)."""
+        with database_errors(operation):
+            result: ResultT = await greenlet_spawn(body, tx)
+            return result
+
     async def _on_a_live_connection(
-        self, operation: str, body: Body[ResultT], begin: str
+        self, operation: str, body: Body[ResultT], begin: str, *, rerun: bool = True
     ) -> ResultT:
         """Run ``body`` in one transaction; once more on a new connection if the first died.
 
@@ -159,14 +178,15 @@ class PostgresRunner:
         the first statement then fails, nothing has been committed, and the same work on a
         new connection is the work the caller asked for. A connection lost while
         committing is not retried: whether that commit happened is unknown, and the
-        caller gets :class:`DatabaseUnavailableError`. This replaces a ping on every
-        checkout (a round trip each).
+        caller gets :class:`DatabaseUnavailableError`; so is any transaction of a body that
+        must not run twice (``rerun=False``). This replaces a ping on every checkout (a round
+        trip each).
         """
         try:
             try:
                 return await greenlet_spawn(self._transaction, body, begin)
             except _DeadConnection as dead:
-                if dead.committing:
+                if dead.committing or not rerun:
                     raise
             return await greenlet_spawn(self._transaction, body, begin)
         except _DeadConnection as dead:
@@ -180,22 +200,27 @@ class PostgresRunner:
         pooled = self._checkout()
         connection: Any = pooled.driver_connection  # an asyncpg.Connection
         committing = False
+        rolled_back = False
         try:
             await_(connection.execute(begin))
             try:
                 result = body(PostgresTx(connection))
-            except BaseException:
+            except Exception:
                 if not connection.is_closed():
                     with contextlib.suppress(Exception):
                         await_(connection.execute("ROLLBACK"))
+                        rolled_back = True
                 raise
             committing = True
             await_(connection.execute("COMMIT"))
             return result
         except BaseException as error:
             dead = connection.is_closed()
-            if dead or connection.is_in_transaction():
-                pooled.invalidate(error)  # never back in the pool half-way through
+            # Back in the pool only when known outside a transaction: after a rollback that
+            # worked, or a COMMIT that failed (which ends the transaction) on a live
+            # connection. Anything else -- a cancellation, a failed rollback -- drops it.
+            if dead or not (rolled_back or committing) or connection.is_in_transaction():
+                pooled.invalidate(error)
             if dead and isinstance(error, Exception):
                 raise _DeadConnection(error, committing=committing) from error
             raise
@@ -238,22 +263,36 @@ class PostgresRunner:
         *,
         key: str | None = None,
         busy_timeout: float | None = None,
+        rerun: bool = True,
     ) -> asyncio.Future[ResultT]:
         if key is None:
             lanes, lane, before = None, ("", ""), None
         else:
             lanes, lane, before = self._lane(key)
-        task = asyncio.ensure_future(self._write_unit(operation, body, before))
+        task = asyncio.ensure_future(self._write_unit(operation, body, before, rerun))
         self._track(task, lanes, lane)
         return asyncio.shield(task)  # a cancelled waiter must not cut the transaction
 
     async def _write_unit(
-        self, operation: str, body: Body[ResultT], before: asyncio.Future[Any] | None
+        self,
+        operation: str,
+        body: Body[ResultT],
+        before: asyncio.Future[Any] | None,
+        rerun: bool,
     ) -> ResultT:
         if before is not None:
             await asyncio.wait([before])  # its outcome is its own caller's
-        with database_errors(operation):
-            return await self._on_a_live_connection(operation, body, _BEGIN_WRITE)
+        retries = _DEADLOCK_RETRIES if rerun else 0
+        while True:
+            try:
+                with database_errors(operation):
+                    return await self._on_a_live_connection(
+                        operation, body, _BEGIN_WRITE, rerun=rerun
+                    )
+            except DatabaseBusyError as error:
+                if not retries or _sqlstate(error) != _DEADLOCK:
+                    raise
+                retries -= 1  # a deadlock victim committed nothing: run it again
 
     def submit_batched(
         self,
@@ -329,7 +368,7 @@ class PostgresRunner:
         return int(before), int(after)
 
     async def close(self) -> None:
-        while self._writes:
+        while self._writes:  # reads too
             await asyncio.gather(*self._writes, return_exceptions=True)
 
 

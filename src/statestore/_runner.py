@@ -96,10 +96,13 @@ class Runner(Protocol):
         *,
         key: str | None = None,
         busy_timeout: float | None = None,
+        rerun: bool = True,
     ) -> asyncio.Future[ResultT]:
         """Queue ``body`` to run in a write transaction of its own.
 
         ``busy_timeout`` (SQLite): how long it may wait for another process's lock.
+        ``rerun`` (PostgreSQL): whether ``body`` may run again after a failure that
+        committed nothing (a dead connection, a deadlock).
         """
 
     def submit_batched(
@@ -269,8 +272,10 @@ class SQLiteRunner:
         *,
         key: str | None = None,
         busy_timeout: float | None = None,
+        rerun: bool = True,
     ) -> asyncio.Future[ResultT]:
         # One queue, one thread: every write runs in submission order, whatever its key.
+        # Nothing is ever run twice here (a busy database fails the job instead).
         job = self._job(operation, busy_timeout, body=body)
         self._jobs.put(job)
         return job.future

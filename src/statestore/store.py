@@ -302,33 +302,36 @@ class StateStore:
                 return
             after = page[-1]
 
-    async def delete_session(self, session_id: str) -> bool:
-        """Delete a session with its messages and responses; return whether it existed."""
+    def delete_session(self, session_id: str) -> Awaitable[bool]:
+        """Delete a session with its messages and responses; return whether it existed
+        (queued when called, in call order with the session's saves)."""
         check_name(session_id, kind="session id")
         delete = partial(_ops.delete_session, session_id=session_id)
-        return await self._db.write("delete_session", delete, key=session_id)
+        return self._db.write_in_order("delete_session", delete, key=session_id)
 
-    async def get_or_create_session(self, user_id: str, session_id: str | None = None) -> Session:
+    def get_or_create_session(
+        self, user_id: str, session_id: str | None = None
+    ) -> Awaitable[Session]:
         """Return the session with ``session_id``, creating and saving it when missing.
 
         With no ``session_id`` a new session with a fresh id is created. An existing session
-        is returned as stored, whatever its ``user_id``. Atomic: racing callers get one session.
+        is returned as stored, whatever its ``user_id``. Atomic: racing callers get one
+        session. Queued when called, in call order with the session's saves.
         """
         check_text("user_id", user_id)
-        if session_id is None:
-            new_session = Session(user_id=user_id)
-        else:
-            new_session = Session(user_id=user_id, id=check_name(session_id, kind="session id"))
-        existing = await self._db.insert_if_missing(new_session)
-        return new_session if existing is None else existing
+        new = Session(user_id=user_id)
+        if session_id is not None:
+            new.id = check_name(session_id, kind="session id")
+        return self._db.get_or_create(new)
 
-    async def update_session_with(self, session_id: str, fn: SessionUpdate) -> Session | None:
+    def update_session_with(self, session_id: str, fn: SessionUpdate) -> Awaitable[Session | None]:
         """Load a session, apply ``fn`` to it, and save it, all in one write transaction.
 
         ``fn`` (sync or async) changes the session in place or returns a replacement. It
         runs on the event loop while the store's write transaction is held, so it must not
         write through this store (reads are fine); keep it short. Concurrent calls on one
-        session never lose each other's changes.
+        session never lose each other's changes. Queued when called, in call order with the
+        session's saves; ``fn`` runs at most once (the transaction is never retried).
 
         Returns:
             The saved session, or ``None`` if no session has this id (``fn`` is not called).
@@ -341,7 +344,7 @@ class StateStore:
         check_name(session_id, kind="session id")
         if not callable(fn):
             raise InvalidArgumentError("fn", f"must be a function of the session, not {fn!r}")
-        return await self._db.update_with(session_id, fn)
+        return self._db.update_with(session_id, fn)
 
     async def delete_user(self, user_id: str) -> int:
         """Delete every session of one user, with their messages and responses.
@@ -418,13 +421,9 @@ class StateStore:
     # -- documents ----------------------------------------------------------------------
 
     async def _save_document(self, category: str, name: str, kind: str, content: str) -> None:
+        now = datetime.now(UTC)
         save = partial(
-            _ops.save_document,
-            category=category,
-            name=name,
-            kind=kind,
-            content=content,
-            now=datetime.now(UTC),
+            _ops.save_document, category=category, name=name, kind=kind, content=content, now=now
         )
         await self._db.write("save_document", save)
 
