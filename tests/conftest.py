@@ -1,12 +1,15 @@
 """Shared fixtures: a migrated store on each backend under test, and SQLite helpers.
 
 Tests that take ``store`` (or ``target``) run once per backend chosen with
-``--backends`` or ``$STATESTORE_TEST_BACKENDS`` (default ``sqlite,postgresql``), unless they
-also take ``db_path`` or ``traced``, or are marked ``sqlite_only``: those are about the
-SQLite file and run on SQLite only. PostgreSQL is the server at
-``$STATESTORE_TEST_POSTGRESQL`` (default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``);
-each test run creates a database of its own there and drops it at the end, and each test
-starts with its tables empty.
+``--backends`` or ``$STATESTORE_TEST_BACKENDS`` (default ``sqlite,postgresql,pgbouncer``),
+unless they also take ``db_path`` or ``traced``, or are marked ``sqlite_only``: those are
+about the SQLite file and run on SQLite only. Tests marked ``postgresql`` are about the
+server itself (its processes, locks and faults) and run on the ``postgresql`` backend only.
+PostgreSQL is the server at ``$STATESTORE_TEST_POSTGRESQL`` (default
+``postgresql+asyncpg://postgres@127.0.0.1:5432/test``); each test run creates a database of
+its own there and drops it at the end, and each test starts with its tables empty. The
+``pgbouncer`` backend is that same database reached through a PgBouncer in transaction
+pooling mode that the run starts (see :mod:`tests.pgbouncer`); its tests run after all others.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from sqlalchemy import URL, make_url
 
 from statestore import StateStore, _runner, migrate
 
+from .pgbouncer import running_pgbouncer
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPOSITORY / "examples" / "filestore-sample"
 
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "pgbouncer")
 POSTGRESQL_SERVER = os.environ.get(
     "STATESTORE_TEST_POSTGRESQL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
@@ -44,7 +49,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--backends",
         default=os.environ.get("STATESTORE_TEST_BACKENDS", ",".join(BACKENDS)),
-        help="comma-separated backends the store tests run on (sqlite, postgresql)",
+        help="comma-separated backends the store tests run on (sqlite, postgresql, pgbouncer)",
     )
 
 
@@ -52,6 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: a test about SQLite, run on SQLite only")
     config.addinivalue_line(
         "markers", "postgresql: a test about PostgreSQL, run only when it is a chosen backend"
+    )
+    config.addinivalue_line(
+        "markers", "pgbouncer: a test about PgBouncer, run only when it is a chosen backend"
     )
     chosen = [name.strip() for name in config.getoption("--backends").split(",") if name.strip()]
     unknown = set(chosen) - set(BACKENDS)
@@ -64,7 +72,8 @@ _BACKENDS = pytest.StashKey[list[str]]()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend" not in metafunc.fixturenames:
+    """Run each test that needs a backend once per backend that applies to it."""
+    if "route" not in metafunc.fixturenames:
         return
     sqlite_only = SQLITE_ONLY_FIXTURES & set(metafunc.fixturenames) or (
         metafunc.definition.get_closest_marker("sqlite_only") is not None
@@ -75,17 +84,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         chosen = ["sqlite"]
     else:
         chosen = metafunc.config.stash[_BACKENDS]
-    metafunc.parametrize("backend", chosen)
+    metafunc.parametrize("route", chosen, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out the PostgreSQL tests when PostgreSQL is not a chosen backend."""
-    if "postgresql" in config.stash[_BACKENDS]:
-        return
-    left_out = [item for item in items if item.get_closest_marker("postgresql") is not None]
+    """Leave out tests about a server that is not a chosen backend; run PgBouncer's last.
+
+    PgBouncer keeps its server connections to the run's database open after its clients
+    have gone, and tests on the direct ``postgresql`` backend count who is connected there.
+    """
+    unchosen = {"postgresql", "pgbouncer"} - set(config.stash[_BACKENDS])
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        about = {mark.name for mark in item.iter_markers()}
+        (left_out if about & unchosen else kept).append(item)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
-        items[:] = [item for item in items if item.get_closest_marker("postgresql") is None]
+    items[:] = sorted(kept, key=through_pgbouncer)
+
+
+def through_pgbouncer(item: pytest.Item) -> bool:
+    """Return whether a test reaches the server through PgBouncer."""
+    callspec = getattr(item, "callspec", None)
+    route = callspec.params.get("route") if callspec is not None else None
+    return route == "pgbouncer" or item.get_closest_marker("pgbouncer") is not None
 
 
 def run_worker_module(module: str, *arguments: str, timeout: float) -> None:
@@ -182,19 +205,45 @@ async def empty_tables(url: URL) -> None:
         await connection.close()
 
 
+@pytest.fixture(scope="session")
+def pgbouncer_url(postgresql_url: URL) -> Iterator[URL]:
+    """Yield the URL of this run's database through a PgBouncer started for the run; stop it after.
+
+    The URL is the form statestore documents for PgBouncer in transaction pooling mode.
+    """
+    with running_pgbouncer(make_url(POSTGRESQL_SERVER)) as port:
+        yield postgresql_url.set(host="127.0.0.1", port=port, query={"statement_cache_size": "0"})
+
+
 @pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    """The backend this test runs on (parametrized in ``pytest_generate_tests``)."""
+def route(request: pytest.FixtureRequest) -> str:
+    """The chosen backend this test runs on (parametrized in ``pytest_generate_tests``)."""
     return str(request.param)
 
 
 @pytest.fixture
-def target(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path | URL:
-    """Return where a store for this test lives: a new SQLite file, or the emptied test database."""
-    if backend == "sqlite":
+def backend(route: str) -> str:
+    """The database this test's store runs on: ``sqlite`` or ``postgresql``.
+
+    The ``pgbouncer`` backend runs on PostgreSQL too, so tests that pick SQL or checks by
+    backend pick PostgreSQL's for it; ``route`` and ``target`` tell the two apart.
+    """
+    return "postgresql" if route == "pgbouncer" else route
+
+
+@pytest.fixture
+def target(route: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path | URL:
+    """Return where a store for this test lives: a new SQLite file, or the emptied test database.
+
+    On the ``pgbouncer`` backend the database is reached through PgBouncer.
+    """
+    if route == "sqlite":
         return tmp_path / "state.db"
     url: URL = request.getfixturevalue("postgresql_url")
     run_apart(empty_tables(url))
+    if route == "pgbouncer":
+        pgbouncer_url: URL = request.getfixturevalue("pgbouncer_url")
+        return pgbouncer_url
     return url
 
 
