@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from sqlalchemy import URL, event
 
-from statestore import DatabaseError, InvalidArgumentError, Session, StateStore, migrate
+from statestore import (
+    DatabaseError,
+    InvalidArgumentError,
+    PruneConfig,
+    Session,
+    StateStore,
+    migrate,
+)
 
 from .conftest import run_apart, server_dsn
 from .test_postgresql import run_workers
@@ -259,3 +267,26 @@ async def test_cancelled_reads_leave_no_transaction_open(
             "WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
         )
         assert idle_in_transaction == 0
+
+
+async def test_a_prune_locks_the_rows_it_deletes_in_id_order(
+    postgresql_url: URL, raw: asyncpg.Connection
+) -> None:
+    """A TTL prune takes its rows in id order, as batches of saves do, not in the order it
+    finds them: while it waits for the first id, it holds none of the others."""
+    stale = datetime(2020, 1, 1, tzinfo=UTC)
+    async with StateStore.open(postgresql_url) as store:
+        older = make_session("u", updated_at=stale)  # stored first, and oldest
+        older.id = "b-older"
+        newer = make_session("u", updated_at=stale + timedelta(days=1))
+        newer.id = "a-newer"  # the first id
+        await store.save_session(older)
+        await store.save_session(newer)
+        await raw.execute("BEGIN")
+        await raw.execute("SELECT 1 FROM sessions WHERE id = 'a-newer' FOR UPDATE")
+        prune = asyncio.ensure_future(store.prune_sessions(PruneConfig(ttl_hours=24)))
+        await asyncio.sleep(0.3)  # the prune now waits for the row held here
+        await raw.execute("SET LOCAL lock_timeout = '500ms'")  # below deadlock_timeout
+        await raw.execute("SELECT 1 FROM sessions WHERE id = 'b-older' FOR UPDATE")
+        await raw.execute("ROLLBACK")
+        assert await prune == 2

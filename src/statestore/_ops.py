@@ -276,7 +276,9 @@ def import_sessions(
 def delete_user_sessions(tx: Tx, user_id: str) -> int:
     """Delete every session of one user (with their rows); return how many."""
     _count_first(tx)
-    return tx.run(_sql.DELETE_USER_SESSIONS, {"user_id": user_id})
+    locking = tx.dialect == "postgresql"
+    statement = _sql.DELETE_USER_SESSIONS_IN_ID_ORDER if locking else _sql.DELETE_USER_SESSIONS
+    return tx.run(statement, {"user_id": user_id})
 
 
 def _rewrite_children(tx: Tx, job: SaveJob) -> None:
@@ -398,7 +400,9 @@ def prunable_sessions(tx: Tx, cutoff: datetime | None, max_sessions: int) -> lis
 def delete_stale_sessions(tx: Tx, cutoff: datetime, batch: int) -> int:
     """Delete up to ``batch`` of the sessions last updated before ``cutoff``, oldest first."""
     _count_first(tx)
-    return tx.run(_sql.DELETE_STALE_SESSIONS, {"cutoff": tx.time.bind(cutoff), "batch": batch})
+    locking = tx.dialect == "postgresql"
+    statement = _sql.DELETE_STALE_SESSIONS_IN_ID_ORDER if locking else _sql.DELETE_STALE_SESSIONS
+    return tx.run(statement, {"cutoff": tx.time.bind(cutoff), "batch": batch})
 
 
 def delete_excess_sessions(tx: Tx, max_sessions: int, batch: int) -> int:

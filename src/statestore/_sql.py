@@ -21,7 +21,9 @@ __all__ = [
     "DELETE_SESSION",
     "DELETE_SESSIONS_UP_TO",
     "DELETE_STALE_SESSIONS",
+    "DELETE_STALE_SESSIONS_IN_ID_ORDER",
     "DELETE_USER_SESSIONS",
+    "DELETE_USER_SESSIONS_IN_ID_ORDER",
     "DOCUMENTS_IN_CATEGORY",
     "INSERT_MESSAGE",
     "INSERT_RESPONSE",
@@ -308,6 +310,13 @@ DELETE_SESSION = "DELETE FROM sessions WHERE id = :id"
 
 DELETE_USER_SESSIONS = "DELETE FROM sessions WHERE user_id = :user_id"
 
+DELETE_USER_SESSIONS_IN_ID_ORDER = """
+DELETE FROM sessions WHERE id IN (
+    SELECT id FROM sessions WHERE user_id = :user_id ORDER BY id FOR UPDATE
+) AND user_id = :user_id
+"""
+"""PostgreSQL: the same, locking the rows in id order first (see the stale prune's)."""
+
 LIST_SESSION_IDS = "SELECT id FROM sessions"
 
 _COUNTER_SHARDS = "name LIKE 'sessions/%'"
@@ -352,6 +361,16 @@ DELETE FROM sessions WHERE id IN (
     SELECT id FROM sessions WHERE {_STALE} {_OLDEST_FIRST} LIMIT :batch
 ) AND {_STALE}
 """
+
+DELETE_STALE_SESSIONS_IN_ID_ORDER = f"""
+DELETE FROM sessions WHERE id IN (
+    SELECT id FROM sessions WHERE id IN (
+        SELECT id FROM sessions WHERE {_STALE} {_OLDEST_FIRST} LIMIT :batch
+    ) ORDER BY id FOR UPDATE
+) AND {_STALE}
+"""
+"""PostgreSQL: the same, locking the rows in id order first, as a batch of saves does, so
+that a prune and a batch of saves never each hold a row the other waits for."""
 
 OLDEST_SESSIONS_BOUND = f"""
 SELECT {_columns(BoundRow)} FROM sessions {_OLDEST_FIRST} LIMIT 1 OFFSET :offset
