@@ -205,6 +205,17 @@ async def empty_tables(url: URL) -> None:
         await connection.close()
 
 
+@pytest.fixture
+async def raw(postgresql_url: URL) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection on this run's database, its tables emptied first."""
+    await empty_tables(postgresql_url)
+    connection = await asyncpg.connect(server_dsn(postgresql_url.database))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 @pytest.fixture(scope="session")
 def pgbouncer_url(postgresql_url: URL) -> Iterator[URL]:
     """Yield the URL of this run's database through a PgBouncer started for the run; stop it after.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -25,24 +24,9 @@ from statestore import (
     UserMessage,
 )
 
-from .conftest import server_dsn
 from .test_store import make_session
 
 pytestmark = pytest.mark.postgresql
-
-
-@pytest.fixture
-async def raw(postgresql_url: URL) -> AsyncIterator[asyncpg.Connection]:
-    """A plain asyncpg connection on this run's (emptied) database."""
-    connection = await asyncpg.connect(server_dsn(postgresql_url.database))
-    await connection.execute(
-        "TRUNCATE sessions, messages, responses, documents; "
-        "UPDATE statestore_counters SET value = 0"
-    )
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def backend_pid(store: StateStore) -> int:

@@ -7,7 +7,6 @@ about how saves share transactions on a server that several processes write at o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -38,20 +37,6 @@ END $$;
 CREATE TRIGGER reject_poison BEFORE INSERT OR UPDATE ON sessions
 FOR EACH ROW EXECUTE FUNCTION reject_poison()
 """
-
-
-@pytest.fixture
-async def raw(postgresql_url: URL) -> AsyncIterator[asyncpg.Connection]:
-    """A plain asyncpg connection on this run's (emptied) database."""
-    connection = await asyncpg.connect(server_dsn(postgresql_url.database))
-    await connection.execute(
-        "TRUNCATE sessions, messages, responses, documents; "
-        "UPDATE statestore_counters SET value = 0"
-    )
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def transactions_that_wrote(raw: asyncpg.Connection, table: str) -> int:
