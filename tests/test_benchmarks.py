@@ -115,3 +115,16 @@ def test_peers_benchmark_reports_every_workload() -> None:
         assert row.startswith(f"| {workload}"), workload
         statestore = row.split("|")[2]
         assert any(character.isdigit() for character in statestore), workload
+
+
+@pytest.mark.postgresql
+def test_counter_shards_benchmark_reports_both_countings() -> None:
+    """bench_counter_shards.py --quick exits 0 with a creates/s row for each way of counting."""
+    rows = table_rows("bench_counter_shards.py", "--quick", "--postgresql", POSTGRESQL_SERVER)
+
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "one row (before 0004)",
+        "16 shards (0004)",
+    ]
+    for row in rows:
+        assert float(row.split("|")[2].replace(",", "")) > 0
