@@ -70,6 +70,9 @@ _DEADLOCK_RETRIES = 2
 Lanes = dict[tuple[str, str], "asyncio.Future[Any]"]
 """The last write queued for each (database, session id)."""
 
+Lane = tuple[Lanes, tuple[str, str]]
+"""One lane: the lanes of its event loop, and its (database, session id)."""
+
 _lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Lanes] = weakref.WeakKeyDictionary()
 """Per event loop, the last write queued for each (database, session id): every store of
 the process on one database shares them, so their writes of one session keep call order."""
@@ -156,7 +159,7 @@ class PostgresRunner:
         # A task of its own, awaited shielded as a write is: a cancelled reader never cuts
         # a transaction half-way (its connection could go back to the pool mid-transaction).
         task = asyncio.ensure_future(self._read_unit(operation, body))
-        self._track(task, None, ("", ""))  # close() waits for it too
+        self._track(task)  # close() waits for it too
         return await asyncio.shield(task)
 
     async def _read_unit(self, operation: str, body: Body[ResultT]) -> ResultT:
@@ -243,18 +246,21 @@ class PostgresRunner:
 
     # -- writes -------------------------------------------------------------------------
 
-    def _lane(self, key: str) -> tuple[Lanes, tuple[str, str], asyncio.Future[Any] | None]:
+    def _lane(self, key: str) -> tuple[Lane, asyncio.Future[Any] | None]:
+        """``key``'s lane on this database, and the last write queued in it."""
         lanes = _lanes.setdefault(asyncio.get_running_loop(), {})
-        lane = (self._database, key)
-        return lanes, lane, lanes.get(lane)
+        lane = (lanes, (self._database, key))
+        return lane, lanes.get(lane[1])
 
-    def _track(self, done: asyncio.Future[Any], lanes: Lanes | None, lane: tuple[str, str]) -> None:
+    def _track(self, done: asyncio.Future[Any], lane: Lane | None = None) -> None:
+        """Have :meth:`close` wait for ``done``; make it the last write of ``lane``."""
         self._writes.add(done)
         done.add_done_callback(self._writes.discard)
         done.add_done_callback(_retrieve)
-        if lanes is not None:
-            lanes[lane] = done
-            done.add_done_callback(partial(_leave_lane, lanes, lane))
+        if lane is not None:
+            lanes, name = lane
+            lanes[name] = done
+            done.add_done_callback(partial(_leave_lane, lanes, name))
 
     def submit(
         self,
@@ -265,12 +271,9 @@ class PostgresRunner:
         busy_timeout: float | None = None,
         rerun: bool = True,
     ) -> asyncio.Future[ResultT]:
-        if key is None:
-            lanes, lane, before = None, ("", ""), None
-        else:
-            lanes, lane, before = self._lane(key)
+        lane, before = self._lane(key) if key is not None else (None, None)
         task = asyncio.ensure_future(self._write_unit(operation, body, before, rerun))
-        self._track(task, lanes, lane)
+        self._track(task, lane)
         return asyncio.shield(task)  # a cancelled waiter must not cut the transaction
 
     async def _write_unit(
@@ -304,9 +307,9 @@ class PostgresRunner:
         busy_timeout: float | None = None,
         on_failure: Callable[[], None] | None = None,
     ) -> asyncio.Future[None]:
-        lanes, lane, before = self._lane(key)
+        lane, before = self._lane(key)
         save = _Save(operation, batch_body, item, on_failure)
-        self._track(save.done, lanes, lane)
+        self._track(save.done, lane)
         if before is None:
             self._ready_to_commit(save)
         else:
