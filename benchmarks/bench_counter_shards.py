@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import secrets
 import time
 from multiprocessing.synchronize import Barrier
 
 import asyncpg
 from sqlalchemy import URL, make_url
 
+from bench_postgresql import dsn_of, new_database
 from statestore import Session, StateStore, migrate
 
 SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -42,10 +42,6 @@ BEGIN
 END $$
 """
 """The counting of revision 0003: every create and delete updates one row."""
-
-
-def dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def create_sessions(
@@ -92,25 +88,13 @@ def creates_per_second(url: URL, processes: int, creates: int) -> float:
     return processes * WRITERS * creates / seconds
 
 
-async def fresh_database(server: URL, *, one_row: bool) -> URL:
-    """A new database at head; with ``one_row``, counting sessions in one row again."""
-    name = f"statestore_bench_{secrets.token_hex(4)}"
-    connection = await asyncpg.connect(dsn(server))
-    await connection.execute(f'CREATE DATABASE "{name}"')
-    await connection.close()
-    url = server.set(database=name)
+async def prepare(url: URL, *, one_row: bool) -> None:
+    """Migrate a new database to head; with ``one_row``, count sessions in one row again."""
     await migrate.upgrade(url)
     if one_row:
-        connection = await asyncpg.connect(dsn(url))
+        connection = await asyncpg.connect(dsn_of(url))
         await connection.execute(ONE_ROW_TRIGGER)
         await connection.close()
-    return url
-
-
-async def drop_database(server: URL, url: URL) -> None:
-    connection = await asyncpg.connect(dsn(server))
-    await connection.execute(f'DROP DATABASE "{url.database}" WITH (FORCE)')
-    await connection.close()
 
 
 def main() -> None:
@@ -128,11 +112,9 @@ def main() -> None:
     rates: dict[str, list[float]] = {"one row (before 0004)": [], "16 shards (0004)": []}
     for _ in range(rounds):
         for label, one_row in zip(rates, (True, False), strict=True):
-            url = asyncio.run(fresh_database(server, one_row=one_row))
-            try:
+            with new_database(server) as (url, _):
+                asyncio.run(prepare(url, one_row=one_row))
                 rates[label].append(creates_per_second(url, options.processes, creates))
-            finally:
-                asyncio.run(drop_database(server, url))
     print("| session count kept in | creates/s (best round) |")
     print("|---|---|")
     for label, measured in rates.items():
