@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import URL, Connection
 
-from statestore import StateStore
+from statestore import Session, StateStore, migrate
 from statestore._schema import metadata
 from statestore.migrate import VERSION_TABLE, alembic_config
+from tests.conftest import server_dsn
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = set(metadata.tables)
@@ -163,3 +166,61 @@ def test_downgrade_to_0002_keeps_the_session_counter_triggers(tmp_path: Path) ->
         counted = connection.execute("SELECT value FROM statestore_counters").fetchone()
         views = connection.execute("SELECT name FROM sqlite_master WHERE type = 'view'")
         assert (counted, views.fetchall()) == ((1,), [])
+
+
+PARTIAL_INDEXES = {
+    "ix_sessions_project_id_updated_at_id": "project_id",
+    "ix_sessions_active_seed_id": "active_seed_id",
+    "ix_sessions_active_persona_id": "active_persona_id",
+}
+
+
+async def index_definitions(target: Path | URL) -> dict[str, str]:
+    """The SQL of each of PARTIAL_INDEXES, as the database reports it."""
+    if isinstance(target, Path):
+        with sqlite3.connect(target) as connection:
+            rows = connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
+            return {name: sql for name, sql in rows if name in PARTIAL_INDEXES}
+    connection = await asyncpg.connect(server_dsn(target.database))
+    try:
+        rows = await connection.fetch("SELECT indexname, indexdef FROM pg_indexes")
+    finally:
+        await connection.close()
+    return {
+        row["indexname"]: row["indexdef"] for row in rows if row["indexname"] in PARTIAL_INDEXES
+    }
+
+
+@pytest.mark.parametrize(
+    "backend_name", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
+)
+async def test_0005_makes_the_optional_column_indexes_partial_and_keeps_rows(
+    backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Up from 0004 the three indexes skip NULLs and every session stays; down, full again."""
+    if backend_name == "sqlite":
+        target: Path | URL = tmp_path / "state.db"
+    else:
+        target = request.getfixturevalue("fresh_postgresql")
+    await migrate.upgrade(target, "0004")
+    await migrate.upgrade(target)
+    async with StateStore.open(target) as store:
+        for index in range(4):
+            session = Session(id=f"s{index}", user_id="u", active_seed_id=f"seed-{index % 2}")
+            if index % 2:
+                session.metadata["project_ids"] = "p"
+            await store.save_session(session)
+    definitions = await index_definitions(target)
+    for name, column in PARTIAL_INDEXES.items():
+        assert f"WHERE {column} IS NOT NULL".lower() in definitions[name].lower().replace(
+            "(", ""
+        ).replace(")", ""), definitions[name]
+
+    await migrate.downgrade(target, "0004")
+    definitions = await index_definitions(target)
+    assert sorted(definitions) == sorted(PARTIAL_INDEXES)
+    assert not any("where" in sql.lower() for sql in definitions.values()), definitions
+    await migrate.upgrade(target)
+    async with StateStore.open(target) as store:
+        assert len(await store.list_sessions()) == 4
+        assert [s.id for s in await store.list_sessions(project_id="p")] == ["s3", "s1"]

@@ -141,9 +141,21 @@ sessions = Table(
     ),
     Index(None, "updated_at", "id"),
     Index(None, "user_id", "updated_at", "id"),
-    Index(None, "project_id", "updated_at", "id"),
-    Index(None, "active_seed_id"),
-    Index(None, "active_persona_id"),
+    # Partial (revision 0005): sessions without a project, seed or persona have no entry
+    # to write; every filter on these columns is an equality, which implies NOT NULL.
+    *(
+        Index(
+            None,
+            *columns,
+            sqlite_where=text(f"{columns[0]} IS NOT NULL"),
+            postgresql_where=text(f"{columns[0]} IS NOT NULL"),
+        )
+        for columns in (
+            ("project_id", "updated_at", "id"),
+            ("active_seed_id",),
+            ("active_persona_id",),
+        )
+    ),
     Index(None, "created_at"),
 )
 
