@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -38,15 +39,44 @@ def test_benchmark_runs_and_reports_every_figure() -> None:
 
 def test_import_benchmark_runs_and_reports_every_operation() -> None:
     """bench_import.py --quick exits 0 with a files/s row per operation."""
-    rows = table_rows("bench_import.py", "--quick")
+    rows = table_rows("bench_import.py", "--quick", "--workers", "1")
 
     assert [row.split("|")[1].strip().split(":")[0] for row in rows] == [
         "file store floor",
         "file store read",
-        "statestore import (new database)",
+        "statestore import (new database), read in a thread",
+        "statestore import (new database), 1 worker process(es)",
         "statestore import again (all unchanged)",
         "statestore export",
     ]
+
+
+def test_wal_page_benchmark_shows_what_an_append_leaves_unwritten() -> None:
+    """bench_wal_pages.py --quick --json: at head an append writes no index of the columns it
+    keeps, nor the project index of a session without one; at 0004 it wrote that index."""
+    result = subprocess.run(
+        [sys.executable, "bench_wal_pages.py", "--quick", "--json"],
+        cwd=BENCHMARKS,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    kept = {
+        "ix_sessions_active_seed_id",
+        "ix_sessions_active_persona_id",
+        "ix_sessions_created_at",
+        "ix_sessions_project_id_updated_at_id",
+    }
+    for append in ("append (save_session)", "append_to_session"):
+        assert not kept & set(measured["head"][append]), measured["head"][append]
+        assert {"messages", "responses", "sessions"} <= set(measured["head"][append])
+    assert "ix_sessions_project_id_updated_at_id" in measured["0004"]["append (save_session)"]
+    assert "ix_sessions_active_seed_id" in measured["head"]["append changing the seed"]
+    assert sum(measured["head"]["create an empty session"].values()) < sum(
+        measured["0004"]["create an empty session"].values()
+    )
 
 
 @pytest.mark.postgresql

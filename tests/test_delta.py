@@ -308,3 +308,122 @@ async def test_appends_after_assigning_a_list_are_deltas_again(
     await store.save_session(session)
 
     assert take_write_log(db_path) == [("messages", "insert", 1), ("responses", "insert", 2)]
+
+
+# -- the session's own row on a delta save ----------------------------------------------------
+
+IDENTITY_LOG = """
+CREATE TABLE identity_log (id TEXT);
+CREATE TRIGGER log_identity_update
+AFTER UPDATE OF user_id, active_seed_id, active_persona_id, created_at, extra ON sessions
+BEGIN INSERT INTO identity_log VALUES (new.id); END;
+"""
+
+
+def identity_updates(db_path: Path) -> list[str]:
+    """Ids of the sessions updated by a statement naming one of IDENTITY_COLUMNS, in order.
+
+    SQLite fires an ``UPDATE OF`` trigger when the statement sets one of its columns, so
+    this shows which saves wrote those columns' indexes (the upsert sets every column).
+    """
+    with sqlite3.connect(db_path) as connection:
+        return [row[0] for row in connection.execute("SELECT id FROM identity_log")]
+
+
+async def test_an_append_leaves_the_columns_it_keeps_unwritten(
+    store: StateStore, db_path: Path
+) -> None:
+    """A delta save that changed no identity column updates the row without naming them."""
+    from statestore._rows import IDENTITY_COLUMNS
+
+    assert IDENTITY_COLUMNS == (
+        "user_id",
+        "active_seed_id",
+        "active_persona_id",
+        "created_at",
+        "extra",
+    )
+    session = make_session(messages=2)
+    session.active_seed_id = "seed-1"
+    await store.save_session(session)
+    with sqlite3.connect(db_path) as connection:
+        connection.executescript(IDENTITY_LOG)
+
+    exchange(session, "appended")
+    session.metadata["note"] = "metadata may change on the narrow path"
+    await store.save_session(session)
+    loaded = await store.load_session(session.id)
+    assert loaded is not None
+    exchange(loaded, "appended after a load")
+    await store.save_session(loaded)
+
+    assert identity_updates(db_path) == []
+    assert await store.load_session(session.id) == loaded
+
+
+def _change_seed(session: Session) -> None:
+    session.active_seed_id = "seed-2"
+
+
+def _change_persona(session: Session) -> None:
+    session.active_persona_id = "persona-2"
+
+
+def _change_user(session: Session) -> None:
+    session.user_id = "someone-else"
+
+
+def _change_created_at(session: Session) -> None:
+    session.created_at = session.created_at.replace(year=2020)
+
+
+def _add_extra_field(session: Session) -> None:
+    session.channel = "sms"  # an unmodelled field, kept in sessions.extra
+
+
+IDENTITY_CHANGES = pytest.mark.parametrize(
+    "change",
+    [_change_seed, _change_persona, _change_user, _change_created_at, _add_extra_field],
+    ids=["seed", "persona", "user", "created-at", "extra-field"],
+)
+
+
+@IDENTITY_CHANGES
+async def test_an_append_with_a_changed_identity_column_stores_it(
+    store: StateStore, change: object
+) -> None:
+    """Appending and changing a column an append keeps stores the change, on every backend."""
+    session = make_session(messages=2)
+    session.active_seed_id = "seed-1"
+    await store.save_session(session)
+    loaded = await store.load_session(session.id)
+    assert loaded is not None
+
+    exchange(loaded, "appended")
+    change(loaded)  # type: ignore[operator]
+    await store.save_session(loaded)
+    exchange(loaded, "and again, unchanged")
+    await store.save_session(loaded)
+
+    assert await store.load_session(session.id) == loaded
+    [summary] = await store.list_sessions(user_id=loaded.user_id)
+    assert (summary.id, summary.active_seed_id) == (loaded.id, loaded.active_seed_id)
+
+
+@IDENTITY_CHANGES
+async def test_a_changed_identity_column_goes_through_the_upsert(
+    store: StateStore, db_path: Path, change: object
+) -> None:
+    """The same change on SQLite: that save (only) names the identity columns."""
+    session = make_session(messages=2)
+    await store.save_session(session)
+    with sqlite3.connect(db_path) as connection:
+        connection.executescript(IDENTITY_LOG)
+
+    exchange(session, "appended")
+    change(session)  # type: ignore[operator]
+    await store.save_session(session)
+    exchange(session, "unchanged since")
+    await store.save_session(session)
+
+    assert identity_updates(db_path) == [session.id]

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from statestore import _ops, _rows
 from statestore._engine import Synchronous, prepare_engine
 from statestore._pool import PostgresRunner
+from statestore._rows import TimeCodec
 from statestore._runner import (
     Runner,
     SQLiteRunner,
@@ -41,7 +42,7 @@ from statestore.errors import (
 )
 from statestore.models import AgentResponse, Session, UserMessage
 
-__all__ = ["Database", "Opening", "SessionUpdate", "acknowledged"]
+__all__ = ["Database", "Opening", "SessionUpdate", "acknowledged", "plan_save"]
 
 ResultT = TypeVar("ResultT")
 
@@ -233,50 +234,6 @@ class Database:
 
     # -- saves ----------------------------------------------------------------------------
 
-    def plan_save(self, session: Session) -> tuple[_ops.SaveJob, StoredState | None]:
-        """Check a session and capture its save; return it and the session's new record.
-
-        The job holds the whole state at this moment as rows: the appended rows are built
-        now, and the stored prefix is the record's own rows, never the live objects. The
-        append-only path is taken only when the record shows the prefix untouched; the
-        writer still confirms the record's token, and rewrites whole from these rows if
-        another save got there first. The session's record is set now to what this save
-        will store, so a save queued behind it appends to it; if it fails, the record is
-        dropped (see :func:`_forget`).
-        """
-        token = _tokens.getrandbits(63)
-        row = _rows.session_row(session, self.time, token)
-        messages, responses = session.user_messages, session.agent_responses
-        stored = session._stored
-        if stored is not None and stored.appended_only(session, self.time):
-            expected: int | None = stored.token
-            stored_messages: RowLog | None = stored.message_rows
-            stored_responses: RowLog | None = stored.response_rows
-        else:
-            expected, stored_messages, stored_responses = None, None, None
-        message_start = stored_messages.count if stored_messages else 0
-        response_start = stored_responses.count if stored_responses else 0
-        message_rows = RowLog.extend(
-            stored_messages,
-            _rows.message_rows(session.id, messages[message_start:], self.time, message_start),
-        )
-        response_rows = RowLog.extend(
-            stored_responses,
-            _rows.response_rows(session.id, responses[response_start:], self.time, response_start),
-        )
-        job = _ops.SaveJob(
-            session_id=session.id,
-            session_row=row,
-            expected_token=expected,
-            message_rows=message_rows,
-            response_rows=response_rows,
-            message_start=message_start,
-            response_start=response_start,
-        )
-        record = StoredState.of(token, session, message_rows, response_rows, self.time)
-        session._stored = record
-        return job, record
-
     def capture_save(self, session: Session) -> Queued:
         """Check and capture a save of ``session`` now; return what gives its future.
 
@@ -284,7 +241,7 @@ class Database:
         store's loop to run the result), it is queued when the result starts running.
         """
         self.check_writable("save_session")
-        job, record = self.plan_save(session)
+        job, record = plan_save(session, self.time)
         return _queued_now_or_later(
             partial(
                 self._runner.submit_batched,
@@ -329,7 +286,7 @@ class Database:
     def get_or_create(self, session: Session) -> Awaitable[Session]:
         """Queue a save of a new session unless one with its id exists; the result is the
         stored one if so, else ``session``."""
-        job, record = self.plan_save(session)
+        job, record = plan_save(session, self.time)
 
         def body(tx: Tx) -> Session | None:
             if _ops.insert_session_if_missing(tx, job.session_row):
@@ -360,7 +317,7 @@ class Database:
                 session = returned
             if session.id != session_id:
                 raise InvalidDataError("id", f"fn changed the session id to {session.id!r}")
-            job, outcome["record"] = self.plan_save(session)
+            job, outcome["record"] = plan_save(session, self.time)
             outcome["session"] = session
             return job
 
@@ -442,6 +399,56 @@ def _queued_now_or_later(
         return queue
     queued = queue()
     return lambda: queued
+
+
+def plan_save(session: Session, time: TimeCodec) -> tuple[_ops.SaveJob, StoredState | None]:
+    """Check a session and capture its save (rows in ``time``'s storage form); return it
+    and the session's new record.
+
+    The job holds the whole state at this moment as rows: the appended rows are built
+    now, and the stored prefix is the record's own rows, never the live objects. The
+    append-only path is taken only when the record shows the prefix untouched; the
+    writer still confirms the record's token, and rewrites whole from these rows if
+    another save got there first. The session's record is set now to what this save
+    will store, so a save queued behind it appends to it; if it fails, the record is
+    dropped (see :func:`_forget`).
+    """
+    token = _tokens.getrandbits(63)
+    row = _rows.session_row(session, time, token)
+    messages, responses = session.user_messages, session.agent_responses
+    stored = session._stored
+    identity = _rows.row_identity(row)
+    if stored is not None and stored.appended_only(session, time):
+        expected: int | None = stored.token
+        stored_messages: RowLog | None = stored.message_rows
+        stored_responses: RowLog | None = stored.response_rows
+        narrow = stored.identity == identity
+    else:
+        expected, stored_messages, stored_responses = None, None, None
+        narrow = False
+    message_start = stored_messages.count if stored_messages else 0
+    response_start = stored_responses.count if stored_responses else 0
+    message_rows = RowLog.extend(
+        stored_messages,
+        _rows.message_rows(session.id, messages[message_start:], time, message_start),
+    )
+    response_rows = RowLog.extend(
+        stored_responses,
+        _rows.response_rows(session.id, responses[response_start:], time, response_start),
+    )
+    job = _ops.SaveJob(
+        session_id=session.id,
+        session_row=row,
+        expected_token=expected,
+        narrow_update=narrow,
+        message_rows=message_rows,
+        response_rows=response_rows,
+        message_start=message_start,
+        response_start=response_start,
+    )
+    record = StoredState.of(token, session, message_rows, response_rows, time, identity)
+    session._stored = record
+    return job, record
 
 
 def _forget(session: Session, record: StoredState | None) -> None:

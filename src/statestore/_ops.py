@@ -6,7 +6,7 @@ Each function takes a :class:`~statestore._tx.Tx` and runs statements from
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,6 +63,9 @@ class SaveJob:
         session_row: Its ``sessions`` row, with the new ``state_token``.
         expected_token: The token the stored row must have for the append-only path, or
             ``None`` to rewrite the session whole.
+        narrow_update: On the append-only path, whether the row's columns an append leaves
+            alone (``_rows.IDENTITY_COLUMNS``) are as stored: then the row is updated
+            without them, and their indexes are not written.
         message_rows: Every message row of the saved state (a delta save writes only the
             part after the stored prefix).
         response_rows: Likewise for responses.
@@ -73,6 +76,7 @@ class SaveJob:
     session_id: str
     session_row: dict[str, Any]
     expected_token: int | None
+    narrow_update: bool
     message_rows: RowLog
     response_rows: RowLog
     message_start: int
@@ -173,16 +177,21 @@ def save_sessions(tx: Tx, items: list[SaveJob], *, creates: bool = True) -> None
         stored = _stored_tokens(tx, [job.session_id for job in items])
     else:
         stored = _stored_tokens(tx, [job.session_id for job in items if job.expected_token])
+    upserted: list[dict[str, Any]] = []
+    updated: list[dict[str, Any]] = []
     appended_messages: list[dict[str, Any]] = []
     appended_responses: list[dict[str, Any]] = []
     whole: list[SaveJob] = []
     for job in items:
         if job.expected_token is not None and stored.get(job.session_id) == job.expected_token:
+            (updated if job.narrow_update else upserted).append(job.session_row)
             appended_messages.extend(job.appended_messages())
             appended_responses.extend(job.appended_responses())
         else:
+            upserted.append(job.session_row)
             whole.append(job)
-    tx.run_many(_sql.UPSERT_SESSION, [job.session_row for job in items])
+    tx.run_many(_sql.UPSERT_SESSION, upserted)
+    tx.run_many(_sql.APPEND_TO_SESSION_WITH_METADATA, updated)
     tx.run_many(_sql.INSERT_MESSAGE, appended_messages)
     tx.run_many(_sql.INSERT_RESPONSE, appended_responses)
     for job in whole:
@@ -242,22 +251,24 @@ class ImportCounts:
 
 
 def import_sessions(
-    tx: Tx, items: list[tuple[SaveJob, Session]], *, replace_newer: bool
+    tx: Tx, items: list[tuple[SaveJob, Callable[[], Session]]], *, replace_newer: bool
 ) -> ImportCounts:
     """Store imported sessions whole, leaving alone those stored exactly so, or newer.
 
-    Each job must rewrite its session whole (``expected_token`` is ``None``). A stored
-    session whose ``updated_at`` is later than the file's was saved since the file was
-    written: it is kept unless ``replace_newer``.
+    Each job must rewrite its session whole (``expected_token`` is ``None``); its callable
+    gives the imported session, asked for only if a version is stored. A stored session
+    whose ``updated_at`` is later than the file's was saved since the file was written: it
+    is kept unless ``replace_newer``.
     """
     _count_first(tx)
     stored = _stored_tokens(tx, [job.session_id for job, _ in items])
     added = [job for job, _ in items if job.session_id not in stored]
     changed: list[SaveJob] = []
     kept = 0
-    for job, session in items:
+    for job, imported in items:
         if job.session_id not in stored:
             continue
+        session = imported()
         current = load_session(tx, job.session_id)
         if current == session:
             continue

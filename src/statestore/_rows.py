@@ -51,6 +51,7 @@ __all__ = [
     "project_id_of",
     "response_rows",
     "responses_from_rows",
+    "row_identity",
     "session_from_rows",
     "session_row",
     "summary_from_row",
@@ -165,6 +166,27 @@ def session_row(session: Session, time: TimeCodec, state_token: int) -> dict[str
     }
 
 
+IDENTITY_COLUMNS = ("user_id", "active_seed_id", "active_persona_id", "created_at", "extra")
+"""The ``sessions`` columns an append leaves alone: a save that changed none of them (and
+only appended) updates the row without touching their indexes."""
+
+
+def row_identity(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Return a ``sessions`` row's :data:`IDENTITY_COLUMNS`, in storage form."""
+    return (
+        row["user_id"],
+        row["active_seed_id"],
+        row["active_persona_id"],
+        row["created_at"],
+        row["extra"],
+    )
+
+
+def _stored_identity(row: SessionRow) -> tuple[Any, ...]:
+    """The same, of a row as a load reads it."""
+    return (row.user_id, row.active_seed_id, row.active_persona_id, row.created_at, row.extra)
+
+
 def _unset_fields(session: Session) -> str | None:
     unset = [name for name in OMITTABLE_FIELDS if name not in session.model_fields_set]
     return _encode_json(unset) if unset else None
@@ -199,20 +221,22 @@ def message_rows(
     """Check user messages and return their ``messages`` rows, positions from ``start``."""
     rows = []
     for position, message in enumerate(messages, start):
-        field = f"user_messages[{position}]"
-        if not isinstance(message, UserMessage):
-            raise InvalidDataError(field, f"must be a UserMessage, not {type(message).__name__}")
-        check_text(f"{field}.content", message.content)
-        check_timestamp(f"{field}.timestamp", message.timestamp)
-        rows.append(
-            {
-                "session_id": session_id,
-                "position": position,
-                "content": message.content,
-                "created_at": time.bind(message.timestamp),
-                "extra": _extra(field, message),
-            }
-        )
+        try:
+            if not isinstance(message, UserMessage):
+                raise InvalidDataError("", f"must be a UserMessage, not {type(message).__name__}")
+            check_text(".content", message.content)
+            check_timestamp(".timestamp", message.timestamp)
+            rows.append(
+                {
+                    "session_id": session_id,
+                    "position": position,
+                    "content": message.content,
+                    "created_at": time.bind(message.timestamp),
+                    "extra": _extra("", message),
+                }
+            )
+        except InvalidDataError as exc:
+            raise _placed_error(exc, f"user_messages[{position}]") from None
     return rows
 
 
@@ -222,34 +246,42 @@ def response_rows(
     """Check agent responses and return their ``responses`` rows, positions from ``start``."""
     rows = []
     for position, response in enumerate(responses, start):
-        field = f"agent_responses[{position}]"
-        if not isinstance(response, AgentResponse):
-            raise InvalidDataError(
-                field, f"must be an AgentResponse, not {type(response).__name__}"
+        try:
+            if not isinstance(response, AgentResponse):
+                raise InvalidDataError(
+                    "", f"must be an AgentResponse, not {type(response).__name__}"
+                )
+            check_text(".content", response.content)
+            check_text(".session_id", response.session_id, optional=True)
+            check_text(".seed_id", response.seed_id, optional=True)
+            check_text(".phase_reached", response.phase_reached, optional=True)
+            passed = response.evaluation_passed
+            if passed is not None and not isinstance(passed, bool):
+                raise InvalidDataError(".evaluation_passed", "must be a bool or None")
+            check_timestamp(".timestamp", response.timestamp)
+            rows.append(
+                {
+                    "session_id": session_id,
+                    "position": position,
+                    "content": response.content,
+                    "reported_session_id": response.session_id,
+                    "seed_id": response.seed_id,
+                    "phase_reached": response.phase_reached,
+                    "evaluation_passed": passed,
+                    "created_at": time.bind(response.timestamp),
+                    "extra": _extra("", response),
+                }
             )
-        check_text(f"{field}.content", response.content)
-        check_text(f"{field}.session_id", response.session_id, optional=True)
-        check_text(f"{field}.seed_id", response.seed_id, optional=True)
-        check_text(f"{field}.phase_reached", response.phase_reached, optional=True)
-        if response.evaluation_passed is not None and not isinstance(
-            response.evaluation_passed, bool
-        ):
-            raise InvalidDataError(f"{field}.evaluation_passed", "must be a bool or None")
-        check_timestamp(f"{field}.timestamp", response.timestamp)
-        rows.append(
-            {
-                "session_id": session_id,
-                "position": position,
-                "content": response.content,
-                "reported_session_id": response.session_id,
-                "seed_id": response.seed_id,
-                "phase_reached": response.phase_reached,
-                "evaluation_passed": response.evaluation_passed,
-                "created_at": time.bind(response.timestamp),
-                "extra": _extra(field, response),
-            }
-        )
+        except InvalidDataError as exc:
+            raise _placed_error(exc, f"agent_responses[{position}]") from None
     return rows
+
+
+def _placed_error(error: InvalidDataError, item: str) -> InvalidDataError:
+    """The error a check raised with a field relative to one item (``".content"``), made
+    to name that item (``"user_messages[3].content"``). The name is built only on failure:
+    building it for every row cost more than the checks."""
+    return InvalidDataError(f"{item}{error.field}", error.reason)
 
 
 def _as_json_text(value: Any) -> str | None:
@@ -380,6 +412,7 @@ def session_from_rows(
         RowLog.extend(None, message_rows, _stored_message_params(row.id)),
         RowLog.extend(None, response_rows, _stored_response_params(row.id)),
         time,
+        _stored_identity(row),
     )
     return session
 

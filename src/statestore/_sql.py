@@ -229,7 +229,9 @@ APPEND_TO_SESSION_WITH_METADATA = (
     f"UPDATE sessions SET {_APPENDED}, metadata = :metadata, project_id = :project_id "
     "WHERE id = :id"
 )
-"""The same, with the metadata replaced."""
+"""The same, with the metadata replaced. Also the row of a save that only appended and kept
+the row's other columns (``_rows.IDENTITY_COLUMNS``): an UPDATE that does not name a column
+leaves that column's indexes unwritten."""
 
 LOAD_SESSION = f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = :id"
 

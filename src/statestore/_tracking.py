@@ -154,6 +154,8 @@ class StoredState:
         message_rows: The stored messages' rows.
         response_rows: The stored responses' rows.
         form: The storage form those rows are in (the backend's ``TimeCodec``).
+        identity: The stored row's columns that an append leaves alone, in that form
+            (see ``statestore._rows.row_identity``).
     """
 
     token: int
@@ -166,6 +168,7 @@ class StoredState:
     message_rows: RowLog
     response_rows: RowLog
     form: object
+    identity: tuple[Any, ...]
 
     @classmethod
     def of(
@@ -175,8 +178,10 @@ class StoredState:
         message_rows: RowLog,
         response_rows: RowLog,
         form: object,
+        identity: tuple[Any, ...],
     ) -> StoredState | None:
-        """Record ``session`` as stored with ``token`` and these rows; None if untracked."""
+        """Record ``session`` as stored with ``token``, these rows and this identity; None
+        if untracked."""
         messages, responses = session.user_messages, session.agent_responses
         if not (isinstance(messages, History) and isinstance(responses, History)):
             return None
@@ -191,6 +196,7 @@ class StoredState:
             message_rows,
             response_rows,
             form,
+            identity,
         )
 
     def appended_only(self, session: Tracked, form: object) -> bool:

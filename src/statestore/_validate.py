@@ -25,7 +25,7 @@ field (or the name) and the rule, and the stored state stays as it was:
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -36,6 +36,8 @@ from statestore.models import (
     FILE_CONTEXT,
     MAX_JSON_DEPTH,
     MAX_TEXT_LENGTH,
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
     Session,
     to_storable_utc,
 )
@@ -87,6 +89,8 @@ def check_text(field: str, value: object, *, optional: bool = False) -> None:
     check_length(field, value)
     if "\x00" in value:
         raise InvalidDataError(field, "must not contain a NUL character")
+    if value.isascii():  # no surrogates; a check with no copy, unlike encode()
+        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -135,6 +139,12 @@ def check_timestamp(field: str, value: object) -> None:
     The range (``statestore.models.MIN_TIMESTAMP`` .. ``MAX_TIMESTAMP``) is the same on
     every backend, so whatever is accepted can be read back.
     """
+    if (
+        value.__class__ is datetime
+        and value.tzinfo is UTC
+        and MIN_TIMESTAMP <= value <= MAX_TIMESTAMP
+    ):
+        return  # what validation makes: one comparison of two UTC datetimes, no offsets
     if not isinstance(value, datetime):
         raise InvalidDataError(field, f"must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:

@@ -91,11 +91,13 @@ class InvalidDataError(StateStoreError, ValueError):
 
     Attributes:
         field: Where the value was found, e.g. ``"metadata"`` or ``"data"``.
+        reason: What is wrong with it.
     """
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"invalid {field}: {reason}")
         self.field = field
+        self.reason = reason
 
 
 class InvalidArgumentError(InvalidDataError):
