@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 
 from statestore import (
     DatabaseError,
+    InvalidArgumentError,
     InvalidDataError,
     Session,
     StateStore,
@@ -76,23 +78,34 @@ async def _everything(store: StateStore) -> tuple[list[Session], dict[tuple[str,
 # -- import ---------------------------------------------------------------------------------
 
 
-async def test_import_of_the_sample_reports_what_it_stored_and_skipped(store: StateStore) -> None:
+@pytest.fixture(params=[0, 1], ids=["read-in-a-thread", "read-in-a-worker-process"])
+def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many worker processes an import reads with (used whatever the file count)."""
+    monkeypatch.setattr(filestore, "PARALLEL_IMPORT_MIN_FILES", 1)
+    workers: int = request.param
+    return workers
+
+
+async def test_import_of_the_sample_reports_what_it_stored_and_skipped(
+    store: StateStore, workers: int
+) -> None:
     """Every readable file is imported; each damaged file is named with its reason."""
-    report = await store.import_directory(SAMPLE_DIR)
+    report = await store.import_directory(SAMPLE_DIR, workers=workers)
     assert (report.sessions_added, report.sessions_updated, report.sessions_unchanged) == (40, 0, 0)
     assert (report.documents_added, report.documents_updated) == (12, 0)
     assert report.temp_files == 1
     assert {skipped.path: skipped.reason for skipped in report.skipped}.keys() == DAMAGED.keys()
     for skipped in report.skipped:
         assert DAMAGED[skipped.path] in skipped.reason
+    assert [skipped.path for skipped in report.skipped] == sorted(DAMAGED)
     assert not report.complete
     assert len(await store.list_sessions()) == 40
     assert await store.list_categories() == ["agents", "memory/notes", "personas", "seeds"]
 
 
-async def test_imported_sessions_equal_their_files(store: StateStore) -> None:
+async def test_imported_sessions_equal_their_files(store: StateStore, workers: int) -> None:
     """Each session loads equal to its file read by the model, unknown fields included."""
-    await store.import_directory(SAMPLE_DIR)
+    await store.import_directory(SAMPLE_DIR, workers=workers)
     for path in sorted((SAMPLE_DIR / "sessions").glob("*.json")):
         if f"sessions/{path.name}" in DAMAGED:
             continue
@@ -100,12 +113,12 @@ async def test_imported_sessions_equal_their_files(store: StateStore) -> None:
         assert await store.load_session(path.stem) == expected, path.name
 
 
-async def test_second_import_changes_nothing(store: StateStore, db_path: Path) -> None:
+async def test_second_import_changes_nothing(store: StateStore, workers: int) -> None:
     """Importing the same directory again writes no row: every save counter stays."""
-    await store.import_directory(SAMPLE_DIR)
+    await store.import_directory(SAMPLE_DIR, workers=workers)
     before = await _everything(store)
     versions = await _versions(store)
-    report = await store.import_directory(SAMPLE_DIR)
+    report = await store.import_directory(SAMPLE_DIR, workers=workers)
     assert (report.sessions_added, report.sessions_updated, report.sessions_unchanged) == (0, 0, 40)
     assert (report.documents_added, report.documents_updated, report.documents_unchanged) == (
         0,
@@ -243,7 +256,7 @@ async def test_import_of_a_missing_directory_is_refused(store: StateStore, tmp_p
 
 
 async def test_a_failed_batch_leaves_whole_sessions_and_a_rerun_finishes(
-    store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     """A crash in the second batch keeps the first whole and writes none of the second."""
     root = tmp_path / "files"
@@ -270,7 +283,7 @@ async def test_a_failed_batch_leaves_whole_sessions_and_a_rerun_finishes(
 
     monkeypatch.setattr(_ops, "import_sessions", failing_second_batch)
     with pytest.raises(DatabaseError, match="simulated crash"):
-        await store.import_directory(root)
+        await store.import_directory(root, workers=workers)
     stored = sorted(summary.id for summary in await store.list_sessions())
     assert stored == ["s0", "s1", "s2", "s3"]
     for session_id in stored:
@@ -279,9 +292,51 @@ async def test_a_failed_batch_leaves_whole_sessions_and_a_rerun_finishes(
         assert len(session.user_messages) == 3
 
     monkeypatch.setattr(_ops, "import_sessions", import_sessions)
-    report = await store.import_directory(root)
+    report = await store.import_directory(root, workers=workers)
     assert (report.sessions_added, report.sessions_unchanged) == (6, 4)
     assert len(await store.list_sessions()) == 10
+
+
+async def test_a_cancelled_import_keeps_whole_batches_and_a_rerun_finishes(
+    store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Cancelled after its first batch, an import leaves that batch whole and stops its
+    readers; the store goes on working, and importing again finishes the job."""
+    root = tmp_path / "files"
+    for index in range(12):
+        body = {
+            "user_id": "u",
+            "created_at": "2026-03-01T00:00:00Z",
+            "user_messages": [{"content": f"m{index}", "timestamp": "2026-03-01T00:00:01Z"}],
+        }
+        _write(root, f"sessions/s{index:02d}.json", json.dumps(body))
+    monkeypatch.setattr(filestore, "IMPORT_BATCH", 4)
+    first_batch_done = asyncio.Event()
+    task = asyncio.create_task(
+        store.import_directory(
+            root, workers=workers, progress=lambda done, total: first_batch_done.set()
+        )
+    )
+    await first_batch_done.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    stored = await store.list_sessions()
+    assert len(stored) in (4, 8)  # the batch in flight may have committed
+    for summary in stored:
+        assert summary.message_count == 1
+
+    report = await store.import_directory(root, workers=workers)
+    assert report.sessions_added + report.sessions_unchanged == 12
+    assert len(await store.list_sessions()) == 12
+
+
+@pytest.mark.parametrize("workers", [-1, 65, True, 1.5, "2"])
+async def test_import_refuses_a_bad_worker_count(store: StateStore, workers: Any) -> None:
+    """A worker count that is not an int from 0 to 64 is refused, naming the argument."""
+    with pytest.raises(InvalidArgumentError, match="workers"):
+        await store.import_directory(SAMPLE_DIR, workers=workers)
+    assert await store.list_sessions() == []
 
 
 async def test_left_out_fields_survive_the_database(store: StateStore) -> None:

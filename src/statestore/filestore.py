@@ -13,10 +13,13 @@ and ``export_directory``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import multiprocessing
 import os
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -26,7 +29,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from statestore import _ops, _rows, _validate
-from statestore._database import Database
+from statestore._database import Database, plan_save
+from statestore._rows import TimeCodec
 from statestore._sql import DocumentRow
 from statestore._tx import Tx
 from statestore._validate import SESSIONS_CATEGORY, check_category, check_name
@@ -74,6 +78,8 @@ class SessionFile:
 
     path: str
     session: Session
+    text: str = field(default="", repr=False)
+    """The file's text, as validated."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,7 @@ def read_file(root: Path, path: str) -> SessionFile | DocumentFile | SkippedFile
             _validate.check_text("content", text)
             return DocumentFile(path, category, stem, kind, text, modified_at)
         if category == SESSIONS_CATEGORY:
-            return SessionFile(path, _validate.session_from_json(stem, text))
+            return SessionFile(path, _validate.session_from_json(stem, text), text)
         content = _rows.dump_json_document("data", json.loads(text))
     except json.JSONDecodeError as exc:
         return SkippedFile(path, f"not valid JSON: {exc}")
@@ -252,6 +258,10 @@ IMPORT_BATCH = 200
 """Files imported per transaction: a crash loses at most the batch in flight, never part
 of a session, and a rerun finishes the job."""
 
+PARALLEL_IMPORT_MIN_FILES = 2_000
+"""An import asked for worker processes uses them from this many files on; below, starting
+them would cost more than they save."""
+
 EXPORT_BATCH = 100
 """Sessions loaded before their files are written, in one thread hop."""
 
@@ -259,23 +269,39 @@ Progress = Callable[[int, int], None]
 """Called with (files done, files in all) as an import or export goes."""
 
 
-def _read_batch(
-    database: Database, root: Path, paths: list[str], skipped: list[SkippedFile]
-) -> tuple[list[tuple[_ops.SaveJob, Session]], list[dict[str, Any]]]:
-    """Read, check and turn into rows one batch of files (in a worker thread)."""
-    sessions: list[tuple[_ops.SaveJob, Session]] = []
+Batch = tuple[
+    list[tuple[_ops.SaveJob, "Callable[[], Session]"]], list[dict[str, Any]], list[SkippedFile]
+]
+"""One batch of files read: sessions as rows (with how to get the validated session, which
+import needs only when a version is stored already), documents as rows, and the files
+skipped, in path order."""
+
+
+def _read_batch(time: TimeCodec, root: Path, paths: list[str], *, apart: bool) -> Batch:
+    """Read, check and turn into rows one batch of files, in ``time``'s storage form.
+
+    Runs in a worker thread, or ``apart`` in a worker process: then each session comes
+    back as its file's text, to validate again only if needed (pickling a model back
+    costs more than validating it).
+    """
+    sessions: list[tuple[_ops.SaveJob, Callable[[], Session]]] = []
     documents: list[dict[str, Any]] = []
+    skipped: list[SkippedFile] = []
     for path in paths:
         read = read_file(root, path)
         if isinstance(read, SkippedFile):
             skipped.append(read)
         elif isinstance(read, SessionFile):
             try:
-                job, _ = database.plan_save(read.session)
+                job, _ = plan_save(read.session, time)
             except InvalidDataError as exc:
                 skipped.append(SkippedFile(path, str(exc)))
                 continue
-            sessions.append((job, read.session))
+            if apart:
+                again = partial(_validate.session_from_json, read.session.id, read.text)
+            else:
+                again = partial(_given, read.session)
+            sessions.append((job, again))
         else:
             documents.append(
                 {
@@ -283,15 +309,19 @@ def _read_batch(
                     "name": read.name,
                     "kind": read.kind,
                     "content": read.content,
-                    "now": database.time.bind(read.modified_at),
+                    "now": time.bind(read.modified_at),
                 }
             )
-    return sessions, documents
+    return sessions, documents, skipped
+
+
+def _given(session: Session) -> Session:
+    return session
 
 
 def _import_batch(
     tx: Tx,
-    sessions: list[tuple[_ops.SaveJob, Session]],
+    sessions: list[tuple[_ops.SaveJob, Callable[[], Session]]],
     documents: list[dict[str, Any]],
     replace_newer: bool,
 ) -> tuple[_ops.ImportCounts, _ops.ImportCounts]:
@@ -301,42 +331,100 @@ def _import_batch(
     )
 
 
+class _Readers:
+    """Reads batches ahead of the writer: in one worker thread, or in worker processes.
+
+    At most ``ahead`` batches are read before they are written. Results come back in the
+    order asked, so skipped files keep path order.
+    """
+
+    def __init__(self, time: TimeCodec, root: Path, batches: list[list[str]], workers: int):
+        self._read = partial(_read_batch, time, root, apart=workers > 0)
+        self._batches = iter(batches)
+        self._pool = (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers
+            else None
+        )
+        self._ahead: collections.deque[asyncio.Future[Batch]] = collections.deque()
+        for _ in range(max(1, workers) + 1):
+            self._read_next()
+
+    def _read_next(self) -> None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._ahead.append(loop.run_in_executor(self._pool, self._read, batch))
+
+    async def next(self) -> Batch:
+        """The next batch, read; and the one after it is asked for."""
+        read = await self._ahead.popleft()
+        self._read_next()
+        return read
+
+    def close(self) -> None:
+        """Drop what was read ahead and stop the workers (without waiting for them)."""
+        for ahead in self._ahead:
+            ahead.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def import_directory(
     database: Database,
     root: Path,
     progress: Progress | None = None,
     *,
     replace_newer: bool = False,
+    workers: int = 0,
 ) -> ImportReport:
     """Import a file store's directory; see :meth:`StateStore.import_directory`."""
     database.check_writable("import_directory")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= 64:
+        raise InvalidArgumentError("workers", f"must be an int from 0 to 64, not {workers!r}")
     paths, temp_files = await asyncio.to_thread(find_files, root)
     report = ImportReport(temp_files=temp_files)
-    for start in range(0, len(paths), IMPORT_BATCH):
-        batch = paths[start : start + IMPORT_BATCH]
-        sessions, documents = await asyncio.to_thread(
-            _read_batch, database, root, batch, report.skipped
-        )
-        session_counts, document_counts = await database.write(
-            "import_directory",
-            partial(
-                _import_batch,
-                sessions=sessions,
-                documents=documents,
-                replace_newer=replace_newer,
-            ),
-        )
-        report.sessions_added += session_counts.added
-        report.sessions_updated += session_counts.updated
-        report.sessions_unchanged += session_counts.unchanged
-        report.sessions_kept += session_counts.kept
-        report.documents_added += document_counts.added
-        report.documents_updated += document_counts.updated
-        report.documents_unchanged += document_counts.unchanged
-        report.documents_kept += document_counts.kept
-        if progress is not None:
-            progress(start + len(batch), len(paths))
+    batches = [paths[start : start + IMPORT_BATCH] for start in range(0, len(paths), IMPORT_BATCH)]
+    # The next batches are read while this one is written (SQLite leaves the GIL to other
+    # threads while it steps; worker processes need no GIL at all).
+    apart = workers if len(paths) >= PARALLEL_IMPORT_MIN_FILES else 0
+    readers = _Readers(database.time, root, batches, apart)
+    done = 0
+    try:
+        for batch in batches:
+            sessions, documents, skipped = await readers.next()
+            report.skipped.extend(skipped)
+            session_counts, document_counts = await database.write(
+                "import_directory",
+                partial(
+                    _import_batch,
+                    sessions=sessions,
+                    documents=documents,
+                    replace_newer=replace_newer,
+                ),
+            )
+            _count(report, session_counts, document_counts)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(paths))
+    finally:
+        readers.close()
     return report
+
+
+def _count(
+    report: ImportReport, session_counts: _ops.ImportCounts, document_counts: _ops.ImportCounts
+) -> None:
+    """Add one batch's counts to the report."""
+    report.sessions_added += session_counts.added
+    report.sessions_updated += session_counts.updated
+    report.sessions_unchanged += session_counts.unchanged
+    report.sessions_kept += session_counts.kept
+    report.documents_added += document_counts.added
+    report.documents_updated += document_counts.updated
+    report.documents_unchanged += document_counts.unchanged
+    report.documents_kept += document_counts.kept
 
 
 def _write_or_skip(

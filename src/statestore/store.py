@@ -523,6 +523,7 @@ class StateStore:
         *,
         replace_newer: bool = False,
         progress: filestore.Progress | None = None,
+        workers: int = 0,
     ) -> filestore.ImportReport:
         """Import a file store's directory: sessions, and documents of every category.
 
@@ -533,24 +534,24 @@ class StateStore:
         ``updated_at`` is later than the file's was saved since the file was written: it is
         kept (and counted as kept) unless ``replace_newer``. Files are imported
         :data:`~statestore.filestore.IMPORT_BATCH` to a transaction, so a crash leaves only
-        whole sessions and a rerun finishes the job.
-
-        A file that cannot be imported (not UTF-8, not JSON, not a valid session, a name
-        the rules refuse, ...) is skipped and listed in the report with the reason;
-        nothing else is skipped because of it. Leftover ``*.tmp`` files are counted.
+        whole sessions and a rerun finishes the job. A file that cannot be imported (not
+        UTF-8, not JSON, not a valid session, a name the rules refuse, ...) is skipped and
+        listed in the report with the reason. Leftover ``*.tmp`` files are counted.
 
         Args:
             directory: The file store's root folder.
             replace_newer: Replace stored sessions and documents with the files' versions
                 even where the stored one is newer.
             progress: Called with ``(files done, files in all)`` after each batch.
+            workers: Processes reading files while this one writes, from 2,000 files on
+                (0: a thread); ``spawn``ed, so a calling script needs a ``__main__`` guard.
 
         Raises:
-            InvalidArgumentError: ``directory`` is not a directory.
+            InvalidArgumentError: ``directory`` is not a directory, or ``workers`` not 0-64.
             DatabaseError: The database failed; batches committed before stay.
         """
         return await filestore.import_directory(
-            self._db, Path(directory), progress, replace_newer=replace_newer
+            self._db, Path(directory), progress, replace_newer=replace_newer, workers=workers
         )
 
     async def export_directory(
