@@ -137,7 +137,7 @@ def newest_first(session_ids: set[str]) -> list[str]:
 @pytest.fixture(autouse=True)
 def plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Remove variables that would choose a database or make rich think it has a terminal."""
-    for name in ("STATESTORE_DB", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+    for name in ("STATESTORE_DB", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -569,7 +569,7 @@ def test_delete_user_answered_no_deletes_nothing(sample_db: Path) -> None:
     """Without ``--yes``, answering "n" to the question deletes nothing and exits non-zero."""
     result = run(sample_db, "delete-user", "user-0", user_input="n\n")
     assert result.exit_code != 0
-    assert "Delete every session of this user?" in result.stdout
+    assert "Delete the 6 sessions of user 'user-0', with their messages?" in result.stdout
     assert sorted(listed_ids(sample_db)) == sorted(SAMPLE_SESSIONS)
 
 
@@ -739,11 +739,10 @@ def test_stats_table_shows_pass_rate_per_seed(sample_db: Path) -> None:
     """The ``stats`` tables show the totals and each seed's pass rate as a percentage."""
     result = succeeded(run(sample_db, "stats"))
     expected = expected_stats()
-    totals_row = next(
-        line for line in result.stdout.splitlines() if f" {expected['sessions']} " in line
-    )
-    for key in ("users", "messages", "responses", "documents"):
-        assert f" {expected[key]} " in totals_row
+    lines = result.stdout.splitlines()
+    for key in ("sessions", "users", "messages", "responses", "documents"):
+        row = next(line for line in lines if f" {key} " in line)
+        assert f" {expected[key]} " in row, row
     for seed_id, (evaluated, passed) in expected["pass_rates"].items():
         row = next(
             line for line in result.stdout.splitlines() if f" {seed_id or '(none)'} " in line
@@ -1028,3 +1027,260 @@ def test_progress_bar_shows_on_a_terminal(tmp_path: Path) -> None:
     assert stdout.decode().splitlines() == IMPORT_REPORT
     assert b"importing" in drawn
     assert f"{files}/{files}".encode() in drawn
+
+
+# -- the command line at its edges: narrow terminals, refusals, dry runs, encodings, waits --
+
+
+UUID_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def at_width(db: Path, columns: int, *args: str) -> Result:
+    """Run a command as if on a terminal ``columns`` wide."""
+    return CliRunner(env={"COLUMNS": str(columns)}).invoke(cli, ["--db", str(db), *args])
+
+
+def failed(result: Result, code: int = 1) -> str:
+    """Check the command exited ``code`` with a one-line error; return that line."""
+    assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# -- tables at 80 and 120 columns -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_session_table_fits_and_shows_every_column(sample_db: Path, columns: int) -> None:
+    """Every line fits, every heading is whole, every id can be read back whole from its
+    (folded) column, and every timestamp is whole on one line."""
+    result = succeeded(at_width(sample_db, columns, "sessions", "--limit", "0"))
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= columns for line in lines), max(map(len, lines))
+    header = next(line for line in lines if "updated (UTC)" in line)
+    for heading in ("id", "user", "messages", "seed", "project", "updated (UTC)"):
+        assert f" {heading} " in header, header
+    body = [line for line in lines if line.startswith("│")]
+    cells = [[cell.strip() for cell in line.strip("│").split("│")] for line in body]
+    ids, row_ids = [], ""
+    for row in cells:
+        if row[-1]:  # the first line of a row holds its timestamp
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[-1]), row
+            if row_ids:
+                ids.append(row_ids)
+            row_ids = row[0]
+        else:
+            row_ids += row[0]
+    ids.append(row_ids)
+    assert sorted(ids) == sorted(listed_ids(sample_db))
+    uuid_rows = [row for row in cells if row[-1] and UUID_ID.match(ids[0])]
+    assert uuid_rows
+    if columns == 120:
+        assert all(UUID_ID.match(session_id) for session_id in ids if len(session_id) == 36)
+        assert len(body) == len(ids)  # nothing folds at 120
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_stats_fits_the_terminal(sample_db: Path, columns: int) -> None:
+    """The stats tables fit, and the first and last activity are whole timestamps."""
+    result = succeeded(at_width(sample_db, columns, "stats", "--days", "3650"))
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= columns for line in lines)
+    for label in ("first activity (UTC)", "last activity (UTC)"):
+        row = next(line for line in lines if label in line)
+        assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", row), row
+
+
+def test_empty_results_say_so_instead_of_an_empty_frame(tmp_path: Path) -> None:
+    """No sessions: one line, no table; nothing to prune: one line."""
+    db = tmp_path / "empty.db"
+    succeeded(run(db, "migrate"))
+    assert succeeded(run(db, "sessions")).stdout == "no sessions\n"
+    pruned = succeeded(run(db, "prune", "--max-sessions", "1", "--ttl-hours", "1", "--dry-run"))
+    assert pruned.stdout.splitlines() == [
+        "nothing to prune",
+        "would delete 0 sessions (dry run: nothing deleted)",
+    ]
+
+
+# -- refusals: one line, exit 1; usage errors exit 2 --------------------------------------------
+
+
+@pytest.mark.parametrize("db", [":memory:", "sqlite+aiosqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_database_is_refused(db: str) -> None:
+    """A database that would vanish is refused by every command, migrate included."""
+    for command in (["migrate"], ["sessions"], ["import", str(SAMPLE_DIR)]):
+        line = failed(CliRunner().invoke(cli, ["--db", db, *command]))
+        assert "in-memory database" in line, line
+
+
+@pytest.mark.parametrize(
+    ("db", "named"),
+    [
+        ("mysql://host/db", "mysql://"),
+        ("postgresql+asyncpg://127.0.0.1:99999/test", "port 99999"),
+        ("postgresql+psycopg2://127.0.0.1/test", "asyncpg"),
+        ("postgresql+asyncpg://127.0.0.1:notaport/test", "not a database URL"),
+    ],
+)
+def test_a_bad_database_url_is_one_line(db: str, named: str) -> None:
+    """An unsupported scheme, a bad port or a wrong driver: one line naming it, exit 1."""
+    assert named in failed(CliRunner().invoke(cli, ["--db", db, "sessions"]))
+
+
+def test_a_sqlite_url_to_a_missing_file_is_not_created(tmp_path: Path) -> None:
+    """A read-only command on a sqlite:// URL naming no file says so and creates none."""
+    path = tmp_path / "absent.db"
+    line = failed(CliRunner().invoke(cli, ["--db", f"sqlite:///{path}", "sessions"]))
+    assert "no database at" in line
+    assert not path.exists()
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    """A usage error (bad option) exits 2, as the README says."""
+    result = run(tmp_path / "x.db", "sessions", "--limit", "-1")
+    assert result.exit_code == 2
+    assert not (tmp_path / "x.db").exists()
+
+
+# -- import: guard, hidden folders, dry run --------------------------------------------------
+
+
+def test_import_refuses_a_directory_with_files_at_its_top_level(tmp_path: Path) -> None:
+    """The repository root is no file store: refused before any database exists."""
+    root = Path(__file__).resolve().parents[1]
+    db = tmp_path / "state.db"
+    line = failed(run(db, "import", str(root)))
+    assert "does not look like a file store" in line
+    assert "--force" in line
+    assert not db.exists()
+
+
+def test_import_force_takes_such_a_directory_and_skips_hidden_folders(tmp_path: Path) -> None:
+    """With --force the files inside category folders are imported; hidden folders never."""
+    root = tmp_path / "odd"
+    (root / "notes").mkdir(parents=True)
+    (root / "notes" / "a.md").write_text("kept", encoding="utf-8")
+    (root / ".venv" / "lib").mkdir(parents=True)
+    (root / ".venv" / "lib" / "b.md").write_text("hidden", encoding="utf-8")
+    (root / "README.md").write_text("top level", encoding="utf-8")
+    db = tmp_path / "state.db"
+    failed(run(db, "import", str(root)))
+
+    result = run(db, "import", "--force", str(root))
+    assert result.exit_code == 1  # README.md is not in a category folder: listed as skipped
+    assert "skipped README.md: not inside a category folder" in result.stderr
+    assert ".venv" not in result.stdout + result.stderr
+    assert succeeded(run(db, "docs")).stdout.splitlines() == ["notes"]
+
+
+def test_import_of_a_directory_with_nothing_importable_creates_no_database(
+    tmp_path: Path,
+) -> None:
+    """An empty (or unrelated) directory: one line, and no database file appears."""
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    db = tmp_path / "state.db"
+    assert "nothing to import" in failed(run(db, "import", str(tmp_path / "empty")))
+    assert not db.exists()
+
+
+def test_import_dry_run_reads_everything_and_stores_nothing(tmp_path: Path) -> None:
+    """The dry run counts what would be imported, lists what would be skipped, writes no
+    database, and exits 1 because files would be skipped."""
+    db = tmp_path / "state.db"
+    result = run(db, "import", "--dry-run", str(SAMPLE_DIR))
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0] == (
+        f"would import {len(SAMPLE_SESSIONS)} sessions and 12 documents (dry run: nothing stored)"
+    )
+    assert "skipped sessions/corrupt-half-written.json: not valid JSON" in result.stderr
+    assert not db.exists()
+
+
+# -- prune, delete-user, docs ------------------------------------------------------------------
+
+
+def test_prune_dry_run_count_prints_only_the_count(sample_db: Path) -> None:
+    """--count leaves out the table; --json gives the summaries; neither deletes."""
+    args = ("prune", "--max-sessions", "35", "--ttl-hours", "0", "--dry-run")
+    counted = succeeded(run(sample_db, *args, "--count"))
+    assert counted.stdout == "would delete 5 sessions (dry run: nothing deleted)\n"
+    listed = json.loads(succeeded(run(sample_db, *args, "--json")).stdout)
+    assert len(listed) == 5
+    assert {"id", "updated_at"} <= listed[0].keys()
+    assert len(listed_ids(sample_db)) == len(SAMPLE_SESSIONS)
+    assert (
+        run(sample_db, "prune", "--max-sessions", "1", "--ttl-hours", "0", "--count").exit_code == 2
+    )
+
+
+def test_delete_user_of_nobody_is_refused_without_asking(sample_db: Path) -> None:
+    """A user with no sessions: one line, exit 1, and no prompt."""
+    result = run(sample_db, "delete-user", "nobody")
+    assert "user 'nobody' has no sessions" in failed(result)
+    assert "[y/N]" not in result.stdout
+
+
+def test_docs_json_lists_names(sample_db: Path) -> None:
+    """``docs --json`` prints the categories (or a category's names) as a JSON list."""
+    assert json.loads(succeeded(run(sample_db, "docs", "--json")).stdout) == [
+        "agents",
+        "memory/notes",
+        "personas",
+        "seeds",
+    ]
+
+
+def test_export_into_a_non_empty_directory_names_the_option(
+    sample_db: Path, tmp_path: Path
+) -> None:
+    """The refusal names the flag that overrides it."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("x", encoding="utf-8")
+    assert "--overwrite" in failed(run(sample_db, "export", str(tmp_path / "out")))
+
+
+# -- busy timeout, encoding ----------------------------------------------------------------------
+
+
+def test_busy_timeout_bounds_the_wait_behind_another_writer(sample_db: Path) -> None:
+    """With the write lock held elsewhere, a write fails after --busy-timeout with one line."""
+    holder = sqlite3.connect(sample_db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        some_id = listed_ids(sample_db)[0]
+        result = CliRunner().invoke(
+            cli, ["--db", str(sample_db), "--busy-timeout", "0.2", "delete", some_id]
+        )
+        line = failed(result)
+        assert "busy" in line or "locked" in line, line
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert some_id in listed_ids(sample_db)
+
+
+def test_non_ascii_ids_print_on_an_ascii_terminal(tmp_path: Path) -> None:
+    """With PYTHONIOENCODING=ascii an id outside ASCII is escaped, not a traceback."""
+    db = tmp_path / "state.db"
+
+    async def seed() -> None:
+        async with StateStore.open(db) as store:
+            await store.save_session(
+                Session(id="sesión-ü", user_id="zoë", user_messages=[UserMessage(content="hola")])
+            )
+
+    asyncio.run(seed())
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "COLUMNS": "120"}
+    env.pop("STATESTORE_DB", None)
+    for command in (["sessions"], ["show", "sesión-ü"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "statestore", "--db", str(db), *command],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "\\xf3" in result.stdout, result.stdout

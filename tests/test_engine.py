@@ -45,6 +45,13 @@ def test_malformed_url_is_a_clear_error() -> None:
         resolve_url("::://nonsense")
 
 
+@pytest.mark.parametrize("port", [0, 65536, 99999])
+def test_a_port_outside_the_tcp_range_is_a_clear_error(port: int) -> None:
+    """A URL whose port no socket can use is refused with the port named, not at connect."""
+    with pytest.raises(InvalidDataError, match=f"port {port} is not a TCP port"):
+        resolve_url(f"postgresql+asyncpg://127.0.0.1:{port}/test")
+
+
 def test_empty_path_is_rejected() -> None:
     """An empty path raises InvalidDataError instead of opening a temporary database."""
     with pytest.raises(InvalidDataError, match="empty"):

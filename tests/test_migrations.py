@@ -224,3 +224,33 @@ async def test_0005_makes_the_optional_column_indexes_partial_and_keeps_rows(
     async with StateStore.open(target) as store:
         assert len(await store.list_sessions()) == 4
         assert [s.id for s in await store.list_sessions(project_id="p")] == ["s3", "s1"]
+
+
+def test_head_revision_is_the_newest_script() -> None:
+    """The head known without reading the scripts is the scripts' head."""
+    assert ScriptDirectory(migrate.script_location()).get_current_head() == migrate.HEAD_REVISION
+    assert migrate.head_revision() == migrate.HEAD_REVISION
+
+
+def test_import_and_an_up_to_date_open_leave_alembic_unimported(tmp_path: Path) -> None:
+    """alembic is imported only to migrate: not by ``import statestore``, nor by opening a
+    database already at head (which reads its revision with one SELECT)."""
+    path = tmp_path / "state.db"
+    probe = f"""
+import asyncio, sys
+import statestore
+assert "alembic" not in sys.modules, "import statestore imported alembic"
+
+async def main():
+    async with statestore.StateStore.open({str(path)!r}) as store:
+        await store.list_sessions()
+
+asyncio.run(main())
+print("alembic" in sys.modules)
+"""
+    created = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "True"  # a new file was migrated
+    reopened = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert reopened.returncode == 0, reopened.stderr
+    assert reopened.stdout.strip() == "False"

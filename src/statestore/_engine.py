@@ -66,8 +66,8 @@ def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
 
     Raises:
         InvalidArgumentError: ``target`` is not a URL or path statestore can open: a malformed
-            URL (a port that is not a number, say), a database other than SQLite and
-            PostgreSQL, or a driver other than aiosqlite and asyncpg.
+            URL (a port that is not a number from 1 to 65535, say), a database other than
+            SQLite and PostgreSQL, or a driver other than aiosqlite and asyncpg.
     """
     if isinstance(target, URL):
         url = target
@@ -101,6 +101,8 @@ def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
             f"statestore runs {backend} through {driver}: use {backend}+{driver}://, "
             f"not {url.drivername}://",
         )
+    if url.port is not None and not 0 < url.port < 65536:
+        raise InvalidArgumentError("target", f"port {url.port} is not a TCP port (1 to 65535)")
     return url.set(drivername=f"{backend}+{driver}")
 
 

@@ -2,26 +2,27 @@
 
 The database is ``--db PATH_OR_URL``, else ``$STATESTORE_DB``, else ``./statestore.db``.
 Only ``migrate`` and ``import`` create or upgrade a database; every other command needs one
-already at this statestore's schema revision. Errors print one line and exit with 1.
+already at this statestore's schema revision. Exit status: 0 done, 1 an error (one line on
+stderr) or something not done (a file skipped, nothing found), 2 a usage error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
-from collections.abc import AsyncIterator, Coroutine, Iterator
+import sys
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
+from statestore import filestore
 from statestore import migrate as migrations
+from statestore._engine import resolve_url
 from statestore.errors import StateStoreError
 from statestore.filestore import Progress as ProgressCallback
 from statestore.filestore import json_file_text, session_file_text
@@ -29,6 +30,11 @@ from statestore.models import Session, SessionSummary, format_timestamp
 from statestore.prune import PruneConfig
 from statestore.stats import StoreStats
 from statestore.store import StateStore
+
+# rich is imported where something is drawn: a command printing JSON or one line starts
+# without it.
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["main"]
 
@@ -38,7 +44,17 @@ DEFAULT_DB = "statestore.db"
 
 
 def _target(db: str) -> str | Path:
-    return db if "://" in db else Path(db)
+    """The database ``--db`` names; an in-memory one is refused (it would vanish)."""
+    target: str | Path = db if "://" in db else Path(db)
+    if _sqlite_file(target) == _IN_MEMORY:
+        raise click.ClickException(
+            f"--db {db!r} names an in-memory database, which vanishes when the command ends: "
+            "give a file path or a server URL"
+        )
+    return target
+
+
+_IN_MEMORY = Path(":memory:")
 
 
 def _run(work: Coroutine[Any, Any, ResultT]) -> ResultT:
@@ -51,21 +67,44 @@ def _run(work: Coroutine[Any, Any, ResultT]) -> ResultT:
         raise click.ClickException(f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")) from exc
 
 
+def _sqlite_file(target: str | Path) -> Path | None:
+    """The file a SQLite target names (``:memory:`` if none); None for a server URL."""
+    if isinstance(target, Path):
+        return target
+    url = resolve_url(target)
+    if url.get_backend_name() != "sqlite":
+        return None
+    if not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
+        return _IN_MEMORY
+    return Path(url.database)
+
+
 @asynccontextmanager
 async def _opened(db: str, *, create: bool = False) -> AsyncIterator[StateStore]:
     target = _target(db)
-    if isinstance(target, Path) and not create and not target.exists():
+    file = _sqlite_file(target)
+    if not create and file is not None and not file.exists():
         raise click.ClickException(
-            f"no database at {str(target)!r}: create one with `statestore migrate` or "
+            f"no database at {str(file)!r}: create one with `statestore migrate` or "
             "`statestore import DIR`, or choose one with --db / STATESTORE_DB"
         )
-    async with StateStore.open(target, migrate=create) as store:
+    busy_timeout: float = click.get_current_context().find_root().meta["busy_timeout"]
+    async with StateStore.open(target, migrate=create, busy_timeout=busy_timeout) as store:
         yield store
 
 
 @contextmanager
 def _progress(description: str) -> Iterator[ProgressCallback]:
     """A progress bar on a terminal's stderr; nothing when stderr is not a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     console = Console(stderr=True)
     bar = Progress(
         TextColumn(description),
@@ -86,21 +125,78 @@ def _progress(description: str) -> Iterator[ProgressCallback]:
 
 
 def _stdout() -> Console:
+    from rich.console import Console
+
     console = Console(highlight=False)
-    if not console.is_terminal:  # piped: never cut an id to fit 80 columns
-        console.width = 240
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 240  # piped: fold no id to fit 80 columns, unless told a width
     return console
+
+
+TIME_HEADING = "updated (UTC)"
+
+
+def _print_table(
+    headings: tuple[str, ...],
+    rows: Sequence[tuple[str, ...]],
+    *,
+    title: str | None = None,
+    show_header: bool = True,
+    min_widths: dict[str, int] | None = None,
+) -> None:
+    """Print a table whose every column stays readable on a narrow terminal.
+
+    A column shrinks (its values wrap within it) only while it is the widest left, and
+    never below its heading or ``min_widths``; timestamps (see :func:`_at`) never wrap.
+    """
+    from rich.table import Table
+
+    out = _stdout()
+    floors = [max(len(h), (min_widths or {}).get(h, 0)) if show_header else 1 for h in headings]
+    widths = [
+        max([len(h) if show_header else 0, *(len(row[i]) for row in rows)])
+        for i, h in enumerate(headings)
+    ]
+    timestamps = {i for i, heading in enumerate(headings) if heading.endswith("(UTC)")}
+    room = out.width - (3 * len(headings) + 1)  # each column's padding and border
+    while sum(widths) > room:
+        shrinkable = [
+            i for i in range(len(widths)) if i not in timestamps and widths[i] > floors[i]
+        ]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+    table = Table(title=title, show_header=show_header)
+    for index, heading in enumerate(headings):
+        table.add_column(heading, width=widths[index], no_wrap=index in timestamps, overflow="fold")
+    for row in rows:
+        table.add_row(*(_text(value) for value in row))
+    out.print(table)
+
+
+def _text(value: str, style: str = "") -> Any:
+    """A value shown as is (rich would read ``[...]`` in it as markup)."""
+    from rich.text import Text
+
+    return Text(value, style=style)
 
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else format_timestamp(moment)
 
 
+def _at(moment: datetime | None) -> str:
+    """A timestamp for a table: UTC to the minute, always 16 characters (``--json`` has
+    every digit)."""
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
+
+
 def _dump(data: Any) -> None:
     click.echo(json_file_text(data))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--db",
     envvar="STATESTORE_DB",
@@ -109,14 +205,29 @@ def _dump(data: Any) -> None:
     metavar="PATH_OR_URL",
     help="SQLite file, or a URL such as postgresql+asyncpg://host/db (env: STATESTORE_DB).",
 )
+@click.option(
+    "--busy-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a SQLite write waits for another process's lock before failing.",
+)
 @click.version_option(package_name="statestore")
 @click.pass_context
-def cli(context: click.Context, db: str) -> None:
-    """Look at and maintain a statestore database."""
+def cli(context: click.Context, db: str, busy_timeout: float) -> None:
+    """Look at and maintain a statestore database.
+
+    Exit status: 0 done; 1 an error (one line) or something not done; 2 a usage error.
+    """
+    for stream in (sys.stdout, sys.stderr):  # any id prints, whatever the terminal's encoding
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     context.obj = db
+    context.meta["busy_timeout"] = busy_timeout
 
 
-@cli.command()
+@cli.command(short_help="Create or upgrade the schema to the newest revision.")
 @click.pass_obj
 def migrate(db: str) -> None:
     """Create or upgrade the database's schema to the newest revision, and show it."""
@@ -142,7 +253,7 @@ def _counts(what: str, added: int, updated: int, unchanged: int, kept: int) -> s
     return f"{what}: {added} added, {updated} updated, {unchanged} unchanged{newer}"
 
 
-@cli.command("import")
+@cli.command("import", short_help="Import a file store's directory.")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--replace-newer",
@@ -157,14 +268,32 @@ def _counts(what: str, added: int, updated: int, unchanged: int, kept: int) -> s
     help="Processes that read and check files while the import writes (0: none; used "
     "from 2,000 files on).",
 )
+@click.option("--dry-run", is_flag=True, help="Read and check every file; store nothing.")
+@click.option(
+    "--force", is_flag=True, help="Import a directory that is not laid out as a file store."
+)
 @click.pass_obj
-def import_(db: str, directory: Path, replace_newer: bool, workers: int) -> None:
+def import_(
+    db: str, directory: Path, replace_newer: bool, workers: int, dry_run: bool, force: bool
+) -> None:
     """Import a file store's directory (sessions/*.json and <category>/<name>.md|.json).
 
     Creates the database if needed. Importing the same directory again changes nothing,
-    and what was saved since the file was written is kept (see --replace-newer).
-    Files that cannot be read are listed with the reason and the exit status is 1.
+    and what was saved since the file was written is kept (see --replace-newer). Hidden
+    folders are skipped; a directory with files at its top level (a file store kept none)
+    is refused unless --force. Files that cannot be read are listed with the reason and
+    the exit status is 1.
     """
+    if not force:
+        _check_file_store(directory)
+    if dry_run:
+        preview = _run(filestore.preview_import(directory))
+        click.echo(
+            f"would import {preview.sessions} sessions and {preview.documents} documents "
+            "(dry run: nothing stored)"
+        )
+        _report_skipped(preview.temp_files, preview.skipped)
+        return
 
     async def work() -> Any:
         async with _opened(db, create=True) as store:
@@ -192,14 +321,35 @@ def import_(db: str, directory: Path, replace_newer: bool, workers: int) -> None
             report.documents_kept,
         )
     )
-    click.echo(f"temp files ignored: {report.temp_files}")
-    for skipped in report.skipped:
-        click.echo(f"skipped {skipped.path}: {skipped.reason}", err=True)
-    if report.skipped:
-        raise click.ClickException(f"{len(report.skipped)} files were not imported (see above)")
+    _report_skipped(report.temp_files, report.skipped)
 
 
-@cli.command()
+def _check_file_store(directory: Path) -> None:
+    """Refuse a directory that cannot be a file store, before any database is made."""
+    paths, _ = _run(asyncio.to_thread(filestore.find_files, directory))
+    top_level = [path for path in paths if "/" not in path]
+    if top_level:
+        shown = ", ".join(top_level[:3]) + (", ..." if len(top_level) > 3 else "")
+        raise click.ClickException(
+            f"{str(directory)!r} does not look like a file store: it has files at its top "
+            f"level ({shown}), where a file store kept none; check the path, or pass --force"
+        )
+    if not any(path.endswith((".json", ".md")) for path in paths):
+        raise click.ClickException(
+            f"nothing to import in {str(directory)!r}: no sessions/<id>.json and no "
+            "<category>/<name>.md|.json files"
+        )
+
+
+def _report_skipped(temp_files: int, skipped: list[filestore.SkippedFile]) -> None:
+    click.echo(f"temp files ignored: {temp_files}")
+    for file in skipped:
+        click.echo(f"skipped {file.path}: {file.reason}", err=True)
+    if skipped:
+        raise click.ClickException(f"{len(skipped)} files were not imported (see above)")
+
+
+@cli.command(short_help="Write the store out as a file store directory.")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--user", "user_id", help="Only this user's sessions (and no documents).")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty directory.")
@@ -222,22 +372,25 @@ def export(db: str, directory: Path, user_id: str | None, overwrite: bool) -> No
         raise click.ClickException(f"{len(report.skipped)} files were not written (see above)")
 
 
-def _summaries_table(summaries: list[SessionSummary]) -> Table:
-    table = Table()
-    table.add_column("id", no_wrap=True)
-    for heading in ("user", "messages", "seed", "project"):
-        table.add_column(heading)
-    table.add_column("updated", no_wrap=True)
-    for summary in summaries:
-        table.add_row(
-            Text(summary.id),
-            Text(summary.user_id),
+def _print_summaries(summaries: list[SessionSummary], *, none: str) -> None:
+    """Print summaries as a table (ids whole, wrapped if the terminal is narrow), or ``none``."""
+    if not summaries:
+        click.echo(none)
+        return
+    rows = [
+        (
+            summary.id,
+            summary.user_id,
             str(summary.message_count),
-            Text(summary.active_seed_id or "-"),
-            Text(summary.project_id or "-"),
-            _when(summary.updated_at),
+            summary.active_seed_id or "-",
+            summary.project_id or "-",
+            _at(summary.updated_at),
         )
-    return table
+        for summary in summaries
+    ]
+    # At 80 columns an id of 36 characters (a uuid) folds onto two lines, no more.
+    headings = ("id", "user", "messages", "seed", "project", TIME_HEADING)
+    _print_table(headings, rows, min_widths={"id": 18})
 
 
 @cli.command()
@@ -261,7 +414,7 @@ def sessions(
     if as_json:
         _dump([summary.model_dump(mode="json") for summary in summaries])
     else:
-        _stdout().print(_summaries_table(summaries))
+        _print_summaries(summaries, none="no sessions")
 
 
 async def _load(db: str, session_id: str) -> Session:
@@ -283,11 +436,11 @@ def show(db: str, session_id: str, as_json: bool) -> None:
         click.echo(session_file_text(session))
         return
     out = _stdout()
-    out.print(Text(f"session {session.id}  user {session.user_id}", style="bold"))
+    out.print(_text(f"session {session.id}  user {session.user_id}", style="bold"))
     out.print(f"created {_when(session.created_at)}  updated {_when(session.updated_at)}")
     if session.active_seed_id or session.active_persona_id:
         out.print(
-            Text(
+            _text(
                 f"seed {session.active_seed_id or '-'}  persona {session.active_persona_id or '-'}"
             )
         )
@@ -296,13 +449,13 @@ def show(db: str, session_id: str, as_json: bool) -> None:
         out.print()
         if position < len(session.user_messages):
             message = session.user_messages[position]
-            out.print(Text(f"[{position}] user  {_when(message.timestamp)}", style="cyan"))
+            out.print(_text(f"[{position}] user  {_when(message.timestamp)}", style="cyan"))
             click.echo(message.content)  # as written: no wrapping, tabs kept
         if position < len(session.agent_responses):
             response = session.agent_responses[position]
             verdict = {True: "passed", False: "failed", None: "-"}[response.evaluation_passed]
             out.print(
-                Text(
+                _text(
                     f"[{position}] agent {_when(response.timestamp)}  "
                     f"seed {response.seed_id or '-'}  phase {response.phase_reached or '-'}  "
                     f"evaluation {verdict}",
@@ -327,22 +480,33 @@ def delete(db: str, session_id: str) -> None:
     click.echo(f"deleted session {session_id}")
 
 
-@cli.command("delete-user")
+@cli.command("delete-user", short_help="Delete every session of one user, in one transaction.")
 @click.argument("user_id")
-@click.confirmation_option(prompt="Delete every session of this user?")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
 @click.pass_obj
-def delete_user(db: str, user_id: str) -> None:
+def delete_user(db: str, user_id: str, yes: bool) -> None:
     """Delete every session of one user, in one transaction (an erasure request)."""
+
+    async def count() -> int:
+        async with _opened(db) as store:
+            return len(await store.list_sessions(user_id=user_id))
 
     async def work() -> int:
         async with _opened(db) as store:
             return await store.delete_user(user_id)
 
+    if not yes:
+        found = _run(count())
+        if not found:
+            raise click.ClickException(f"user {user_id!r} has no sessions")
+        click.confirm(
+            f"Delete the {found} sessions of user {user_id!r}, with their messages?", abort=True
+        )
     deleted = _run(work())
     click.echo(f"deleted {deleted} sessions of user {user_id}")
 
 
-@cli.command()
+@cli.command(short_help="Delete sessions past the TTL or beyond the maximum.")
 @click.option(
     "--max-sessions",
     required=True,
@@ -360,9 +524,15 @@ def delete_user(db: str, user_id: str) -> None:
     is_flag=True,
     help="List what would be deleted (oldest first), asked with the prune's own SQL.",
 )
+@click.option("--count", "count_only", is_flag=True, help="With --dry-run: print the count only.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print JSON, not a table.")
 @click.pass_obj
-def prune(db: str, max_sessions: int, ttl_hours: int, dry_run: bool) -> None:
+def prune(
+    db: str, max_sessions: int, ttl_hours: int, dry_run: bool, count_only: bool, as_json: bool
+) -> None:
     """Delete old sessions: first those past the TTL, then the oldest beyond the maximum."""
+    if (count_only or as_json) and not dry_run:
+        raise click.UsageError("--count and --json go with --dry-run")
     config = PruneConfig(max_sessions=max_sessions, ttl_hours=ttl_hours)
 
     async def work() -> list[SessionSummary] | int:
@@ -375,14 +545,19 @@ def prune(db: str, max_sessions: int, ttl_hours: int, dry_run: bool) -> None:
     if isinstance(outcome, int):
         click.echo(f"deleted {outcome} sessions")
         return
-    _stdout().print(_summaries_table(outcome))
+    if as_json:
+        _dump([summary.model_dump(mode="json") for summary in outcome])
+        return
+    if not count_only:
+        _print_summaries(outcome, none="nothing to prune")
     click.echo(f"would delete {len(outcome)} sessions (dry run: nothing deleted)")
 
 
-@cli.command()
+@cli.command(short_help="List categories, or one category's documents.")
 @click.argument("category", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_obj
-def docs(db: str, category: str | None) -> None:
+def docs(db: str, category: str | None, as_json: bool) -> None:
     """List a category's documents, or with no CATEGORY every category."""
 
     async def work() -> list[str]:
@@ -391,11 +566,15 @@ def docs(db: str, category: str | None) -> None:
                 return await store.list_categories()
             return await store.list_category(category)
 
-    for name in _run(work()):
+    names = _run(work())
+    if as_json:
+        _dump(names)
+        return
+    for name in names:
         click.echo(name)
 
 
-@cli.command()
+@cli.command(short_help="Print one document.")
 @click.argument("category")
 @click.argument("name")
 @click.option(
@@ -423,7 +602,7 @@ def doc(db: str, category: str, name: str, kind: str | None) -> None:
     click.echo(text, nl=not text.endswith("\n"))
 
 
-@cli.command()
+@cli.command(short_help="Show counts, pass rates by seed and recent activity.")
 @click.option(
     "--days", default=7, show_default=True, type=click.IntRange(min=1), help="Days of activity."
 )
@@ -440,39 +619,44 @@ def stats(db: str, days: int, as_json: bool) -> None:
     if as_json:
         _dump(numbers.model_dump(mode="json"))
         return
-    out = _stdout()
-    totals = Table("sessions", "users", "messages", "responses", "documents", "first", "last")
-    totals.add_row(
-        f"{numbers.sessions:,}",
-        f"{numbers.users:,}",
-        f"{numbers.messages:,}",
-        f"{numbers.responses:,}",
-        f"{numbers.documents:,}",
-        _when(numbers.first_activity_at),
-        _when(numbers.last_activity_at),
-    )
-    out.print(totals)
-    rates = Table("seed", "evaluated", "passed", "pass rate", title="evaluation by seed")
-    for rate in numbers.pass_rates:
-        rates.add_row(
-            Text(rate.seed_id or "(none)"),
-            f"{rate.evaluated:,}",
-            f"{rate.passed:,}",
-            f"{rate.pass_rate:.0%}",
+    totals = [
+        ("sessions", f"{numbers.sessions:,}"),
+        ("users", f"{numbers.users:,}"),
+        ("messages", f"{numbers.messages:,}"),
+        ("responses", f"{numbers.responses:,}"),
+        ("documents", f"{numbers.documents:,}"),
+        ("first activity (UTC)", _at(numbers.first_activity_at)),
+        ("last activity (UTC)", _at(numbers.last_activity_at)),
+    ]
+    _print_table(("", ""), totals, show_header=False)
+    if numbers.pass_rates:
+        rates = [
+            (
+                rate.seed_id or "(none)",
+                f"{rate.evaluated:,}",
+                f"{rate.passed:,}",
+                f"{rate.pass_rate:.0%}",
+            )
+            for rate in numbers.pass_rates
+        ]
+        _print_table(
+            ("seed", "evaluated", "passed", "pass rate"), rates, title="evaluation by seed"
         )
-    out.print(rates)
+    else:
+        click.echo("no evaluated responses")
     if not numbers.days:
-        out.print(f"no messages in the last {days} days")
+        click.echo(f"no messages in the last {days} days")
         return
-    activity = Table("day (UTC)", "messages", "sessions", "users", title=f"last {days} days")
-    for day in numbers.days:
-        activity.add_row(
-            day.day.isoformat(), f"{day.messages:,}", f"{day.sessions:,}", f"{day.users:,}"
-        )
-    out.print(activity)
+    activity = [
+        (day.day.isoformat(), f"{day.messages:,}", f"{day.sessions:,}", f"{day.users:,}")
+        for day in numbers.days
+    ]
+    _print_table(
+        ("day (UTC)", "messages", "sessions", "users"), activity, title=f"last {days} days"
+    )
 
 
-@cli.command()
+@cli.command(short_help="Give deleted sessions' space back (checkpoint, VACUUM).")
 @click.pass_obj
 def compact(db: str) -> None:
     """Give back the space deleted sessions left (WAL checkpoint and VACUUM on SQLite)."""

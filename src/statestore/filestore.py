@@ -41,6 +41,7 @@ __all__ = [
     "TEMP_SUFFIX",
     "DocumentFile",
     "ExportReport",
+    "ImportPreview",
     "ImportReport",
     "Progress",
     "SessionFile",
@@ -51,6 +52,7 @@ __all__ = [
     "import_directory",
     "json_document_text",
     "json_file_text",
+    "preview_import",
     "read_file",
     "session_file_text",
     "write_file",
@@ -144,7 +146,7 @@ class ExportReport:
 def find_files(root: Path) -> tuple[list[str], int]:
     """Return the files under ``root`` to import, sorted, and how many temp files there are.
 
-    Paths are relative, with ``/`` separators.
+    Paths are relative, with ``/`` separators. Hidden folders are not walked.
 
     Raises:
         InvalidDataError: ``root`` is not a directory.
@@ -154,7 +156,8 @@ def find_files(root: Path) -> tuple[list[str], int]:
     found: list[str] = []
     temp_files = 0
     for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
+        # Hidden folders (.git, .venv, ...) are never a file store's categories.
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for file_name in sorted(files):
             if file_name.endswith(TEMP_SUFFIX):
                 temp_files += 1
@@ -413,6 +416,36 @@ async def import_directory(
     return report
 
 
+@dataclass
+class ImportPreview:
+    """What importing a directory would store: its files read and checked, written nowhere."""
+
+    sessions: int = 0
+    documents: int = 0
+    temp_files: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    """Files an import would skip, each with the reason, in path order."""
+
+
+async def preview_import(root: Path) -> ImportPreview:
+    """Read and check a directory as :func:`import_directory` would, storing nothing.
+
+    Whether a session is new or replaces a stored one is not known without a database:
+    ``sessions`` counts every importable session file.
+    """
+    paths, temp_files = await asyncio.to_thread(find_files, root)
+    preview = ImportPreview(temp_files=temp_files)
+    for start in range(0, len(paths), IMPORT_BATCH):
+        batch = paths[start : start + IMPORT_BATCH]
+        sessions, documents, skipped = await asyncio.to_thread(
+            _read_batch, _rows.SQLITE_TIME, root, batch, apart=False
+        )
+        preview.sessions += len(sessions)
+        preview.documents += len(documents)
+        preview.skipped.extend(skipped)
+    return preview
+
+
 def _count(
     report: ImportReport, session_counts: _ops.ImportCounts, document_counts: _ops.ImportCounts
 ) -> None:
@@ -477,8 +510,8 @@ def _check_export_target(root: Path, overwrite: bool) -> None:
     if not overwrite and occupied:
         raise InvalidArgumentError(
             "directory",
-            f"{str(root)!r} is not empty; export into an empty directory, "
-            "or allow writing over its files (overwrite)",
+            f"{str(root)!r} is not empty; export into an empty directory, or allow writing "
+            "over its files (overwrite=True; statestore export --overwrite)",
         )
 
 

@@ -34,14 +34,9 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
-from alembic.operations import Operations
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import URL
+from sqlalchemy import URL, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -49,7 +44,15 @@ from statestore._engine import MIGRATE_OPTION, create_engine, resolve_url
 from statestore._schema import metadata
 from statestore.errors import MigrationError, SchemaVersionError, database_errors
 
+# alembic is imported where a migration runs, not here: it takes longer to import than
+# the rest of statestore, and a database already at head needs none of it.
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
 __all__ = [
+    "HEAD_REVISION",
     "VERSION_TABLE",
     "alembic_config",
     "check",
@@ -68,6 +71,10 @@ __all__ = [
 
 VERSION_TABLE = "statestore_alembic_version"
 """The table where statestore's alembic revision is recorded."""
+
+HEAD_REVISION = "0005"
+"""The newest revision in ``migrations/versions`` (a test keeps the two the same), known
+without reading the scripts."""
 
 _OWN_TABLES = frozenset({*metadata.tables, VERSION_TABLE})
 
@@ -88,20 +95,22 @@ def script_location() -> str:
 
 def alembic_config() -> Config:
     """Return an alembic configuration for statestore's scripts (for alembic's commands)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", script_location())
     return config
 
 
 def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory(script_location())
 
 
 def head_revision() -> str:
     """Return the newest revision this version of statestore knows."""
-    head = _scripts().get_current_head()
-    assert head is not None, "statestore always has at least one revision"
-    return head
+    return HEAD_REVISION
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -135,16 +144,27 @@ def _migration_context(
     }
     if step is not None:
         options["fn"] = step
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection, opts=options)
 
 
 def _current(connection: Connection) -> str | None:
-    return _migration_context(connection).get_current_revision()
+    """The revision recorded in :data:`VERSION_TABLE` (read as alembic does), or None."""
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    revisions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+    found = list(revisions)
+    if len(found) > 1:
+        raise MigrationError(f"{VERSION_TABLE} holds more than one revision: {found}")
+    return found[0] if found else None
 
 
 def _known(revision: str | None) -> bool:
-    if revision is None:
+    if revision in (None, HEAD_REVISION):
         return True
+    from alembic.util import CommandError
+
     try:
         return _scripts().get_revision(revision) is not None
     except CommandError:
@@ -199,7 +219,12 @@ def _take_migration_lock(connection: Connection) -> None:
 def _run(connection: Connection, revision: str, *, downgrade: bool = False) -> None:
     _check_foreign_keys_off(connection)
     _take_migration_lock(connection)
-    _refuse_unknown(_current(connection))
+    current = _current(connection)
+    _refuse_unknown(current)
+    if not downgrade and revision in ("head", HEAD_REVISION) and current == HEAD_REVISION:
+        return  # nothing to do, and no need to read the scripts
+    from alembic.operations import Operations
+
     scripts = _scripts()
 
     def step(current: Any, context: MigrationContext) -> Iterable[Any]:
