@@ -25,6 +25,7 @@ from statestore.models import AgentResponse, Session, SessionSummary, SessionTai
 from statestore.prune import PruneConfig, PruneThrottle
 from statestore.stats import StoreStats
 from statestore.store import StateStore
+from statestore.sync import SyncStateStore
 
 __all__ = [
     "AgentResponse",
@@ -52,6 +53,7 @@ __all__ = [
     "StorageFullError",
     "StoreClosedError",
     "StoreStats",
+    "SyncStateStore",
     "UserMessage",
     "migrate",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -284,7 +284,7 @@ class StateStore:
         user_id: str | None = None,
         project_id: str | None = None,
         page_size: int = 500,
-    ) -> AsyncIterator[SessionSummary]:
+    ) -> AsyncGenerator[SessionSummary, None]:
         """Yield every matching summary, newest first, reading one page at a time.
 
         The same order and filters as :meth:`list_sessions`, holding at most ``page_size``
