@@ -13,6 +13,7 @@ from statestore import DatabaseError, InvalidDataError, Session, StateStore, Use
 from statestore._engine import resolve_url
 
 from .conftest import Traced
+from .test_store import make_session
 
 
 def test_plain_path_is_a_sqlite_file(tmp_path: Path) -> None:
@@ -197,3 +198,46 @@ async def test_an_unusable_file_for_a_host_engine_is_a_database_error(tmp_path: 
             StateStore(engine)
     finally:
         await engine.dispose()
+
+
+# -- who checkpoints -------------------------------------------------------------------------
+
+
+def _database_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def test_external_checkpoints_leave_every_page_in_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With checkpoints="external" nothing statestore runs copies the WAL into the database
+    file (a tool such as Litestream does); with the default the store's checkpointer does."""
+    from statestore import _runner
+
+    monkeypatch.setattr(_runner, "CHECKPOINT_EVERY", 20)
+    changed: dict[str, bool] = {}
+    for checkpoints in ("external", "store"):
+        path = tmp_path / f"{checkpoints}.db"
+        async with StateStore.open(path, checkpoints=checkpoints) as store:  # type: ignore[arg-type]
+            await store.save_session(make_session(messages=1))
+            before = _database_bytes(path)
+            for _ in range(60):
+                await store.save_session(make_session(messages=3))
+            for _ in range(100):  # the store's checkpointer runs in a thread of its own
+                if _database_bytes(path) != before:
+                    break
+                await asyncio.sleep(0.05)
+            changed[checkpoints] = _database_bytes(path) != before
+            with sqlite3.connect(path) as reader:
+                assert reader.execute("SELECT count(*) FROM sessions").fetchone() == (61,)
+    assert changed == {"external": False, "store": True}
+
+
+async def test_a_file_is_open_with_one_checkpoint_policy_per_process(tmp_path: Path) -> None:
+    """Stores on one file share a writer, so a second store must ask for the same policy."""
+    path = tmp_path / "state.db"
+    async with StateStore.open(path, checkpoints="external"):
+        with pytest.raises(InvalidDataError, match="checkpoints='external'"):
+            await StateStore.open(path)
+    with pytest.raises(InvalidDataError, match="checkpoints"):
+        await StateStore.open(path, checkpoints="litestream")  # type: ignore[arg-type]

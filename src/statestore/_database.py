@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import _ops, _rows
-from statestore._engine import Synchronous, prepare_engine
+from statestore._engine import Checkpoints, Synchronous, prepare_engine
 from statestore._pool import PostgresRunner
 from statestore._rows import TimeCodec
 from statestore._runner import (
@@ -101,14 +101,25 @@ class Database:
         engine: The async engine (SQLite file or PostgreSQL).
         synchronous: SQLite's ``synchronous`` level for the store's own connections.
         busy_timeout: Seconds a write may wait for another process's SQLite lock.
+        checkpoints: Who checkpoints the SQLite WAL (see ``StateStore.open``).
 
     Raises:
         InvalidArgumentError: The engine is not SQLite or PostgreSQL, or is an in-memory
             SQLite database.
     """
 
-    def __init__(self, engine: AsyncEngine, *, synchronous: Synchronous, busy_timeout: float):
-        prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000))
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        synchronous: Synchronous,
+        busy_timeout: float,
+        checkpoints: Checkpoints = "store",
+    ):
+        wait_ms = int(busy_timeout * 1000)
+        prepare_engine(
+            engine, synchronous=synchronous, busy_timeout_ms=wait_ms, checkpoints=checkpoints
+        )
         self.engine = engine
         self.owns_engine = False
         """Whether closing disposes of the engine (the store opened it)."""
@@ -128,7 +139,7 @@ class Database:
                     "target", "statestore needs a SQLite file, not an in-memory database"
                 )
             self._runner = acquire_sqlite_runner(
-                path, synchronous=synchronous, busy_timeout_ms=int(busy_timeout * 1000)
+                path, synchronous=synchronous, busy_timeout_ms=wait_ms, checkpoints=checkpoints
             )
             self.time = _rows.SQLITE_TIME
         else:
@@ -162,6 +173,13 @@ class Database:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def after_save(
+        self, queued: Queued, then: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Wait for a captured save's commit, then run ``then()`` in the background."""
+        await acknowledged(queued)
+        self.in_background(then())
 
     def check_open(self) -> None:
         """Raise :class:`StoreClosedError` once the store is closed."""

@@ -38,6 +38,10 @@ __all__ = [
 Synchronous = Literal["FULL", "NORMAL"]
 """SQLite ``synchronous`` levels statestore accepts (see the README on durability)."""
 
+Checkpoints = Literal["store", "external"]
+"""Who checkpoints a SQLite WAL: the store (in a thread of its own), or a tool outside it
+such as Litestream (then no statestore connection ever checkpoints)."""
+
 WRITE_OPTION = "statestore_write"
 """Execution option that marks a connection's transactions as writes (``BEGIN IMMEDIATE``)."""
 
@@ -112,6 +116,7 @@ def create_engine(
     synchronous: Synchronous = "FULL",
     busy_timeout_ms: int = 30_000,
     pool_size: int = POOL_SIZE,
+    checkpoints: Checkpoints = "store",
 ) -> AsyncEngine:
     """Create an engine for ``url`` and prepare it with :func:`prepare_engine`.
 
@@ -138,7 +143,9 @@ def create_engine(
             f"{url.drivername}:// needs the {driver} driver, which is not installed: "
             f"pip install '{_EXTRAS.get(driver, driver)}'",
         ) from error
-    prepare_engine(engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+    prepare_engine(
+        engine, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms, checkpoints=checkpoints
+    )
     return engine
 
 
@@ -168,7 +175,11 @@ def _unique_statement_name() -> str:
 
 
 def prepare_engine(
-    engine: AsyncEngine, *, synchronous: Synchronous = "FULL", busy_timeout_ms: int = 30_000
+    engine: AsyncEngine,
+    *,
+    synchronous: Synchronous = "FULL",
+    busy_timeout_ms: int = 30_000,
+    checkpoints: Checkpoints = "store",
 ) -> None:
     """Install statestore's per-connection setup on ``engine`` (SQLite only; idempotent).
 
@@ -178,6 +189,10 @@ def prepare_engine(
     if synchronous not in ("FULL", "NORMAL"):
         raise InvalidArgumentError(
             "synchronous", f"must be 'FULL' or 'NORMAL', not {synchronous!r}"
+        )
+    if checkpoints not in ("store", "external"):
+        raise InvalidArgumentError(
+            "checkpoints", f"must be 'store' or 'external', not {checkpoints!r}"
         )
     if engine.dialect.name != "sqlite":
         return
@@ -190,7 +205,7 @@ def prepare_engine(
             dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            for pragma in sqlite_pragmas(synchronous, busy_timeout_ms):
+            for pragma in sqlite_pragmas(synchronous, busy_timeout_ms, checkpoints):
                 cursor.execute(pragma)
         finally:
             cursor.close()
@@ -199,14 +214,17 @@ def prepare_engine(
     event.listen(sync_engine, "begin", _begin_sqlite_transaction)
 
 
-def sqlite_pragmas(synchronous: Synchronous, busy_timeout_ms: int) -> tuple[str, ...]:
+def sqlite_pragmas(
+    synchronous: Synchronous, busy_timeout_ms: int, checkpoints: Checkpoints = "store"
+) -> tuple[str, ...]:
     """Return the PRAGMAs every statestore SQLite connection runs before anything else."""
-    return (
+    pragmas = (
         f"PRAGMA busy_timeout = {int(busy_timeout_ms)}",
         "PRAGMA foreign_keys = ON",
         "PRAGMA journal_mode = WAL",
         f"PRAGMA synchronous = {synchronous}",
     )
+    return (*pragmas, "PRAGMA wal_autocheckpoint = 0") if checkpoints == "external" else pragmas
 
 
 def _begin_sqlite_transaction(connection: Connection) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from statestore._engine import Synchronous, sqlite_pragmas
+from statestore._engine import Checkpoints, Synchronous, sqlite_pragmas
 from statestore._tx import SQLiteTx, Tx
 from statestore.errors import (
     ConstraintError,
@@ -130,10 +130,10 @@ class Runner(Protocol):
 
 
 def _connect_sqlite(
-    path: str, synchronous: Synchronous, busy_timeout_ms: int
+    path: str, synchronous: Synchronous, busy_timeout_ms: int, checkpoints: Checkpoints
 ) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in sqlite_pragmas(synchronous, busy_timeout_ms):
+    for pragma in sqlite_pragmas(synchronous, busy_timeout_ms, checkpoints):
         connection.execute(pragma)
     return connection
 
@@ -207,12 +207,20 @@ def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
 class SQLiteRunner:
     """A writer thread with group commit and a reader pool, on one SQLite file."""
 
-    def __init__(self, path: str, *, synchronous: Synchronous, busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: Synchronous,
+        busy_timeout_ms: int,
+        checkpoints: Checkpoints = "store",
+    ) -> None:
         self._path = path
         self.synchronous = synchronous
+        self.checkpoints = checkpoints
         self._busy_timeout = busy_timeout_ms / 1000
         self._connect: Callable[[], sqlite3.Connection] = partial(
-            _connect_sqlite, path, synchronous, busy_timeout_ms
+            _connect_sqlite, path, synchronous, busy_timeout_ms, checkpoints
         )
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._reader_connections: list[sqlite3.Connection] = []
@@ -332,7 +340,11 @@ class SQLiteRunner:
                         keys.add(following.batch_key)
                 self._commit(tx, batch)
                 transactions += 1
-                if transactions >= CHECKPOINT_EVERY and not self._checkpointing.is_set():
+                if (
+                    transactions >= CHECKPOINT_EVERY
+                    and self.checkpoints == "store"
+                    and not self._checkpointing.is_set()
+                ):
                     self._checkpointing.set()
                     self._checkpointer.submit(self._checkpoint)
                     transactions = 0
@@ -450,23 +462,35 @@ _shared_runners_lock = threading.Lock()
 
 
 def acquire_sqlite_runner(
-    path: str, *, synchronous: Synchronous, busy_timeout_ms: int
+    path: str, *, synchronous: Synchronous, busy_timeout_ms: int, checkpoints: Checkpoints
 ) -> SQLiteRunner:
     """Return the process's runner for this SQLite file, starting it for the first user.
 
     Every store in a process on the same file shares one writer, so their writes queue in
     one place, in call order, instead of contending for SQLite's lock. Each store keeps its
-    own busy timeout (it is per write); the ``synchronous`` level belongs to the writer's
-    connection, so a second store must ask for the level the first one has.
+    own busy timeout (it is per write); the ``synchronous`` level and who checkpoints
+    belong to the writer, so a second store must ask for what the first one has.
 
     Raises:
-        InvalidArgumentError: The file is open in this process at another level.
+        InvalidArgumentError: The file is open in this process at another level, or with
+            the other ``checkpoints``.
     """
     key = os.path.realpath(path)
     with _shared_runners_lock:
         runner, users = _shared_runners.get(key, (None, 0))
         if runner is None:
-            runner = SQLiteRunner(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms)
+            runner = SQLiteRunner(
+                path,
+                synchronous=synchronous,
+                busy_timeout_ms=busy_timeout_ms,
+                checkpoints=checkpoints,
+            )
+        elif runner.checkpoints != checkpoints:
+            raise InvalidArgumentError(
+                "checkpoints",
+                f"{path!r} is open in this process with checkpoints={runner.checkpoints!r}; "
+                "every store on one file shares one writer: open it so too",
+            )
         elif runner.synchronous != synchronous:
             raise InvalidArgumentError(
                 "synchronous",

@@ -6,6 +6,7 @@ the maximum, in batches; its dry run (:func:`prunable`) asks the same SQL withou
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,17 @@ from statestore._database import Database
 from statestore.errors import InvalidArgumentError
 from statestore.models import MIN_TIMESTAMP, SessionSummary
 
-__all__ = ["PRUNE_BATCH", "PruneConfig", "PruneThrottle", "check_config", "prunable", "prune"]
+__all__ = [
+    "PRUNE_BATCH",
+    "PruneConfig",
+    "PruneThrottle",
+    "check_config",
+    "in_background",
+    "prunable",
+    "prune",
+]
+
+logger = logging.getLogger("statestore")
 
 PRUNE_BATCH = 1_000
 """Sessions deleted per prune transaction, so that saves interleave with a large prune."""
@@ -76,6 +87,22 @@ def check_config(config: object) -> PruneConfig:
     if not isinstance(config, PruneConfig):
         raise InvalidArgumentError("config", f"must be a PruneConfig, not {config!r}")
     return config
+
+
+async def in_background(
+    database: Database, config: PruneConfig, throttle: PruneThrottle | None
+) -> None:
+    """``save_session_with_prune``'s prune, after its save: unless ``throttle`` holds it
+    back, prune, and log how it went on the ``statestore`` logger (nobody awaits it)."""
+    if throttle is not None and not throttle.should_prune():
+        return
+    try:
+        deleted = await prune(database, config)
+    except Exception:
+        logger.exception("background prune failed")
+        return
+    if deleted:
+        logger.info("pruned %d sessions", deleted)
 
 
 async def prune(database: Database, config: PruneConfig) -> int:

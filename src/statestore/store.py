@@ -8,7 +8,6 @@ and each method reads as: check the input (:mod:`statestore._validate`), plan th
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import _ops, _rows, filestore, prune
 from statestore import migrate as migrations
-from statestore._database import Database, Opening, Queued, SessionUpdate, acknowledged
-from statestore._engine import POOL_SIZE, Synchronous, create_engine, resolve_url
+from statestore._database import Database, Opening, SessionUpdate, acknowledged
+from statestore._engine import POOL_SIZE, Checkpoints, Synchronous, create_engine, resolve_url
 from statestore._validate import (
     MAX_COUNT,
     SESSIONS_CATEGORY,
@@ -51,7 +50,6 @@ from statestore.stats import StoreStats, read_stats
 
 __all__ = ["MAX_COUNT", "SessionUpdate", "StateStore"]
 
-logger = logging.getLogger("statestore")
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -71,17 +69,23 @@ class StateStore:
     Args:
         engine: An async SQLAlchemy engine on a SQLite file (aiosqlite) or PostgreSQL
             (asyncpg) whose database has statestore's schema (see :mod:`statestore.migrate`).
-        synchronous: SQLite's ``synchronous`` level for the store's own connections.
-        busy_timeout: Seconds a SQLite write waits for another process's lock.
+        synchronous, busy_timeout, checkpoints: As for :meth:`open`.
 
     Raises:
         InvalidArgumentError: The engine is not SQLite or PostgreSQL, or is in memory.
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, synchronous: Synchronous = "FULL", busy_timeout: float = 30.0
+        self,
+        engine: AsyncEngine,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout: float = 30.0,
+        checkpoints: Checkpoints = "store",
     ) -> None:
-        self._db = Database(engine, synchronous=synchronous, busy_timeout=busy_timeout)
+        self._db = Database(
+            engine, synchronous=synchronous, busy_timeout=busy_timeout, checkpoints=checkpoints
+        )
 
     @classmethod
     def open(
@@ -92,6 +96,7 @@ class StateStore:
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 30.0,
         pool_size: int = POOL_SIZE,
+        checkpoints: Checkpoints = "store",
     ) -> Opening[StateStore]:
         """Open a store on a SQLite file path or an async database URL.
 
@@ -110,6 +115,9 @@ class StateStore:
             pool_size: PostgreSQL connections the store keeps, and the most it opens
                 (saves share transactions). Behind PgBouncer, add the URL query
                 ``?statement_cache_size=0``.
+            checkpoints: ``"store"`` (the default) copies the SQLite WAL into the database
+                in a thread of its own; ``"external"`` never does, leaving it to a tool such
+                as Litestream (see the README).
 
         Raises:
             InvalidArgumentError: ``target`` or an option is not valid.
@@ -119,17 +127,22 @@ class StateStore:
         """
 
         async def opener() -> StateStore:
-            url = resolve_url(target)
             wait_ms = int(busy_timeout * 1000)
             engine = create_engine(
-                url, synchronous=synchronous, busy_timeout_ms=wait_ms, pool_size=pool_size
+                resolve_url(target),
+                synchronous=synchronous,
+                busy_timeout_ms=wait_ms,
+                pool_size=pool_size,
+                checkpoints=checkpoints,
             )
             try:
-                if migrate:
-                    await migrations.upgrade(engine)
-                else:
-                    await migrations.check(engine)
-                store = cls(engine, synchronous=synchronous, busy_timeout=busy_timeout)
+                await (migrations.upgrade(engine) if migrate else migrations.check(engine))
+                store = cls(
+                    engine,
+                    synchronous=synchronous,
+                    busy_timeout=busy_timeout,
+                    checkpoints=checkpoints,
+                )
             except BaseException:
                 await engine.dispose()
                 raise
@@ -400,23 +413,8 @@ class StateStore:
         prune.check_config(config)
         if throttle is not None and not isinstance(throttle, PruneThrottle):
             raise InvalidArgumentError("throttle", f"must be a PruneThrottle, not {throttle!r}")
-        return self._prune_after(self._db.capture_save(session), config, throttle)
-
-    async def _prune_after(
-        self, queued: Queued, config: PruneConfig, throttle: PruneThrottle | None
-    ) -> None:
-        await acknowledged(queued)
-        if throttle is None or throttle.should_prune():
-            self._db.in_background(self._prune_in_background(config))
-
-    async def _prune_in_background(self, config: PruneConfig) -> None:
-        try:
-            deleted = await self.prune_sessions(config)
-        except Exception:
-            logger.exception("background prune failed")
-            return
-        if deleted:
-            logger.info("pruned %d sessions", deleted)
+        pruning = partial(prune.in_background, self._db, config, throttle)
+        return self._db.after_save(self._db.capture_save(session), pruning)
 
     # -- documents ----------------------------------------------------------------------
 

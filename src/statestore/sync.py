@@ -23,7 +23,7 @@ from sqlalchemy import URL
 
 from statestore import filestore
 from statestore._database import SessionUpdate
-from statestore._engine import POOL_SIZE, Synchronous
+from statestore._engine import POOL_SIZE, Checkpoints, Synchronous
 from statestore.errors import ReentrantWriteError, StoreClosedError
 from statestore.models import AgentResponse, Session, SessionSummary, SessionTail, UserMessage
 from statestore.prune import PruneConfig, PruneThrottle
@@ -63,6 +63,7 @@ class SyncStateStore:
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 30.0,
         pool_size: int = POOL_SIZE,
+        checkpoints: Checkpoints = "store",
     ) -> SyncStateStore:
         """Open a store as :meth:`StateStore.open` does, on a thread of its own.
 
@@ -78,6 +79,7 @@ class SyncStateStore:
             synchronous=synchronous,
             busy_timeout=busy_timeout,
             pool_size=pool_size,
+            checkpoints=checkpoints,
         )
         try:
             store = asyncio.run_coroutine_threadsafe(_awaited(opening), loop).result()
