@@ -79,6 +79,17 @@ def test_wal_page_benchmark_shows_what_an_append_leaves_unwritten() -> None:
     )
 
 
+def test_telemetry_benchmark_reports_each_configuration() -> None:
+    """bench_telemetry.py --quick exits 0 with a row per configuration, ratios to absent."""
+    rows = table_rows("bench_telemetry.py", "--quick")
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "absent",
+        "API, no SDK",
+        "SDK, in-memory",
+    ]
+    assert rows[0].split("|")[3].strip() == "1.00x"
+
+
 @pytest.mark.postgresql
 def test_backend_benchmark_reports_every_operation_on_both() -> None:
     """bench_backends.py --quick exits 0 with one row per operation, both backends measured."""

@@ -198,8 +198,11 @@ class Database:
 
     # -- reads and writes ---------------------------------------------------------------
 
-    async def read(self, operation: str, body: Callable[[Tx], ResultT]) -> ResultT:
-        """Run ``body`` in one read transaction (one snapshot).
+    async def read(
+        self, operation: str, body: Callable[[Tx], ResultT], *, session_id: str | None = None
+    ) -> ResultT:
+        """Run ``body`` in one read transaction (one snapshot); ``session_id`` names the
+        session it reads, if one (for telemetry).
 
         Inside an ``update_session_with`` fn on PostgreSQL, it runs in the update's own
         transaction instead (which sees the session as locked, before fn's changes).
@@ -213,7 +216,7 @@ class Database:
         ):
             async with updating.reading:
                 return await self._runner.read_in(updating.tx, operation, body)
-        return await self._runner.read(operation, body)
+        return await self._runner.read(operation, body, key=session_id)
 
     def submit(
         self,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import await_, greenlet_spawn
 
-from statestore import _sql
+from statestore import _sql, _telemetry
 from statestore._runner import MAX_BATCH, BatchBody, Body
 from statestore._tx import PostgresTx, Tx
 from statestore.errors import (
@@ -133,6 +134,7 @@ class _Save:
     batch_body: BatchBody[Any]
     item: Any
     on_failure: Callable[[], None] | None
+    trace: _telemetry.Trace | None = None
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -155,11 +157,13 @@ class PostgresRunner:
 
     # -- transactions ---------------------------------------------------------------------
 
-    async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
+    async def read(self, operation: str, body: Body[ResultT], *, key: str | None = None) -> ResultT:
         # A task of its own, awaited shielded as a write is: a cancelled reader never cuts
         # a transaction half-way (its connection could go back to the pool mid-transaction).
         task = asyncio.ensure_future(self._read_unit(operation, body))
         self._track(task)  # close() waits for it too
+        if _telemetry.ENABLED:
+            return await _telemetry.traced(operation, key, "postgresql", asyncio.shield(task))
         return await asyncio.shield(task)
 
     async def _read_unit(self, operation: str, body: Body[ResultT]) -> ResultT:
@@ -272,8 +276,12 @@ class PostgresRunner:
         rerun: bool = True,
     ) -> asyncio.Future[ResultT]:
         lane, before = self._lane(key) if key is not None else (None, None)
-        task = asyncio.ensure_future(self._write_unit(operation, body, before, rerun))
+        trace = _telemetry.start(operation, key, "postgresql") if _telemetry.ENABLED else None
+        task = asyncio.ensure_future(self._write_unit(operation, body, before, rerun, trace))
         self._track(task, lane)
+        if trace is not None:
+            _telemetry.queued("postgresql", 1)
+            task.add_done_callback(partial(_finish, trace))
         return asyncio.shield(task)  # a cancelled waiter must not cut the transaction
 
     async def _write_unit(
@@ -282,20 +290,31 @@ class PostgresRunner:
         body: Body[ResultT],
         before: asyncio.Future[Any] | None,
         rerun: bool,
+        trace: _telemetry.Trace | None,
     ) -> ResultT:
         if before is not None:
             await asyncio.wait([before])  # its outcome is its own caller's
+        if trace is not None:
+            _telemetry.queued("postgresql", -1)
         retries = _DEADLOCK_RETRIES if rerun else 0
         while True:
+            started = time.monotonic()
             try:
                 with database_errors(operation):
-                    return await self._on_a_live_connection(
+                    result = await self._on_a_live_connection(
                         operation, body, _BEGIN_WRITE, rerun=rerun
                     )
             except DatabaseBusyError as error:
+                _report(operation, [], started, failed=True)
                 if not retries or _sqlstate(error) != _DEADLOCK:
                     raise
                 retries -= 1  # a deadlock victim committed nothing: run it again
+            except BaseException:
+                _report(operation, [], started, failed=True)
+                raise
+            else:
+                _report(operation, [trace], started, failed=False)
+                return result
 
     def submit_batched(
         self,
@@ -309,6 +328,9 @@ class PostgresRunner:
     ) -> asyncio.Future[None]:
         lane, before = self._lane(key)
         save = _Save(operation, batch_body, item, on_failure)
+        if _telemetry.ENABLED:
+            save.trace = _telemetry.start(operation, key, "postgresql")
+            _telemetry.queued("postgresql", 1)
         self._track(save.done, lane)
         if before is None:
             self._ready_to_commit(save)
@@ -329,6 +351,8 @@ class PostgresRunner:
             batch = [save for save in self._ready if save.batch_body is body][:MAX_BATCH]
             taken = set(map(id, batch))
             self._ready = [save for save in self._ready if id(save) not in taken]
+            if _telemetry.ENABLED:
+                _telemetry.queued("postgresql", -len(batch))
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Save], retries: int = _DEADLOCK_RETRIES) -> None:
@@ -338,12 +362,14 @@ class PostgresRunner:
         def body(tx: Tx) -> None:
             first.batch_body(tx, items)
 
+        started = time.monotonic()
         try:
             with database_errors(first.operation):
                 await self._on_a_live_connection(
                     first.operation, body, _BEGIN_BATCH if len(batch) > 1 else _BEGIN_WRITE
                 )
         except BaseException as error:
+            _report(first.operation, [None] * len(batch), started, failed=True)
             if len(batch) > 1 and _one_save_could_cause(error):
                 # Find the failing (or waiting) save: every other one commits alone.
                 await asyncio.gather(*(self._commit([save]) for save in batch))
@@ -356,6 +382,7 @@ class PostgresRunner:
             if not isinstance(error, Exception):
                 raise
             return
+        _report(first.operation, [save.trace for save in batch], started, failed=False)
         for save in batch:
             _settle(save, None)
 
@@ -375,11 +402,31 @@ class PostgresRunner:
             await asyncio.gather(*self._writes, return_exceptions=True)
 
 
+def _report(
+    operation: str, traces: list[_telemetry.Trace | None], started: float, *, failed: bool
+) -> None:
+    """Tell telemetry and the log what one transaction of ``len(traces)`` writes did
+    (rows written are not counted on PostgreSQL)."""
+    ended = time.monotonic()
+    for trace in traces:
+        if trace is not None and not failed:
+            trace.committed(started, ended, len(traces), None)
+    _telemetry.transaction_done(
+        "postgresql", operation, max(1, len(traces)), ended - started, None, failed
+    )
+
+
+def _finish(trace: _telemetry.Trace, done: asyncio.Future[Any]) -> None:
+    trace.finish(None if done.cancelled() else done.exception())
+
+
 def _settle(save: _Save, error: BaseException | None) -> None:
     if error is not None and save.on_failure is not None:
         save.on_failure()
     if save.done.done():
         return
+    if save.trace is not None:
+        save.trace.finish(error)
     if error is None:
         save.done.set_result(None)
     else:

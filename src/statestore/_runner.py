@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from statestore import _telemetry
 from statestore._engine import Checkpoints, Synchronous, sqlite_pragmas
 from statestore._tx import SQLiteTx, Tx
 from statestore.errors import (
@@ -86,8 +87,8 @@ class Runner(Protocol):
     writes with the same ``key`` commit in the order they were submitted.
     """
 
-    async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
-        """Run ``body`` in a read transaction."""
+    async def read(self, operation: str, body: Body[ResultT], *, key: str | None = None) -> ResultT:
+        """Run ``body`` in a read transaction; ``key`` is the session it reads, if one."""
 
     def submit(
         self,
@@ -154,6 +155,7 @@ class _Job:
     item: Any = None
     batch_key: str | None = None
     on_failure: Callable[[], None] | None = None
+    trace: _telemetry.Trace | None = None
     future: asyncio.Future[Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +194,8 @@ def _settle(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
     for job, result, error in outcomes:
         if error is not None and job.on_failure is not None:
             job.on_failure()
+        if job.trace is not None:
+            job.trace.finish(error)
         if job.future.done():
             continue
         if error is not None:
@@ -263,15 +267,24 @@ class SQLiteRunner:
             connection.execute("COMMIT")
             return result
 
-    async def read(self, operation: str, body: Body[ResultT]) -> ResultT:
+    async def read(self, operation: str, body: Body[ResultT], *, key: str | None = None) -> ResultT:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read_now, operation, body)
+        reading = loop.run_in_executor(self._readers, self._read_now, operation, body)
+        if _telemetry.ENABLED:
+            return await _telemetry.traced(operation, key, "sqlite", reading)
+        return await reading
 
     # -- writes -------------------------------------------------------------------------
 
-    def _job(self, operation: str, busy_timeout: float | None, **work: Any) -> _Job:
+    def _job(
+        self, operation: str, busy_timeout: float | None, key: str | None, **work: Any
+    ) -> _Job:
         wait = self._busy_timeout if busy_timeout is None else busy_timeout
-        return _Job(operation, asyncio.get_running_loop(), time.monotonic() + wait, **work)
+        job = _Job(operation, asyncio.get_running_loop(), time.monotonic() + wait, **work)
+        if _telemetry.ENABLED:
+            job.trace = _telemetry.start(operation, key, "sqlite")
+            _telemetry.queued("sqlite", 1)
+        return job
 
     def submit(
         self,
@@ -284,7 +297,7 @@ class SQLiteRunner:
     ) -> asyncio.Future[ResultT]:
         # One queue, one thread: every write runs in submission order, whatever its key.
         # Nothing is ever run twice here (a busy database fails the job instead).
-        job = self._job(operation, busy_timeout, body=body)
+        job = self._job(operation, busy_timeout, key, body=body)
         self._jobs.put(job)
         return job.future
 
@@ -301,6 +314,7 @@ class SQLiteRunner:
         job = self._job(
             operation,
             busy_timeout,
+            key,
             batch_body=batch_body,
             item=item,
             batch_key=key,
@@ -338,6 +352,8 @@ class SQLiteRunner:
                             break
                         batch.append(following)
                         keys.add(following.batch_key)
+                if _telemetry.ENABLED:
+                    _telemetry.queued("sqlite", -len(batch))
                 self._commit(tx, batch)
                 transactions += 1
                 if (
@@ -399,6 +415,31 @@ class SQLiteRunner:
                 loop.call_soon_threadsafe(_settle, settled)
 
     def _transaction(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
+        started, changes = time.monotonic(), tx.connection.total_changes
+        try:
+            results = self._transaction_now(tx, batch)
+        except BaseException:
+            self._report(tx, batch, started, changes, failed=True)
+            raise
+        self._report(tx, batch, started, changes, failed=False)
+        return results
+
+    @staticmethod
+    def _report(
+        tx: SQLiteTx, batch: list[_Job], started: float, changes: int, *, failed: bool
+    ) -> None:
+        """Tell telemetry and the log what one transaction did."""
+        ended = time.monotonic()
+        rows = tx.connection.total_changes - changes
+        if not failed:
+            for job in batch:
+                if job.trace is not None:
+                    job.trace.committed(started, ended, len(batch), rows)
+        _telemetry.transaction_done(
+            "sqlite", batch[0].operation, len(batch), ended - started, rows, failed
+        )
+
+    def _transaction_now(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
         connection = tx.connection
         with database_errors(batch[0].operation):
             left = max(0, int((min(job.deadline for job in batch) - time.monotonic()) * 1000))

@@ -233,9 +233,8 @@ class StateStore:
     async def load_session(self, session_id: str) -> Session | None:
         """Return the stored session with this id, or ``None`` if there is none."""
         check_name(session_id, kind="session id")
-        return await self._db.read(
-            "load_session", partial(_ops.load_session, session_id=session_id)
-        )
+        load = partial(_ops.load_session, session_id=session_id)
+        return await self._db.read("load_session", load, session_id=session_id)
 
     async def load_tail(self, session_id: str, count: int) -> SessionTail | None:
         """Return a session's last ``count`` messages and responses with their positions.
@@ -246,9 +245,8 @@ class StateStore:
         check_name(session_id, kind="session id")
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise InvalidArgumentError("count", f"must be an int >= 0, not {count!r}")
-        return await self._db.read(
-            "load_tail", partial(_ops.load_tail, session_id=session_id, count=count)
-        )
+        load = partial(_ops.load_tail, session_id=session_id, count=count)
+        return await self._db.read("load_tail", load, session_id=session_id)
 
     async def list_sessions(
         self,
