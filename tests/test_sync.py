@@ -143,8 +143,14 @@ async def test_prunes(face: Any) -> None:
     config = PruneConfig(max_sessions=2, ttl_hours=0)
     assert len(await face.prunable_sessions(config)) == 3
     assert await face.prune_sessions(config) == 3
-    await face.save_session_with_prune(make_session(messages=1), PruneConfig(max_sessions=1))
-    assert len(await face.list_sessions()) >= 1
+    await face.save_session_with_prune(
+        make_session(messages=1), PruneConfig(max_sessions=1, ttl_hours=0)
+    )
+    for _ in range(200):  # the prune runs in the background after the save
+        if len(await face.list_sessions()) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len(await face.list_sessions()) == 1
 
 
 async def test_documents(face: Any) -> None:
@@ -258,3 +264,33 @@ def test_usable_with_no_event_loop_in_the_calling_thread(target: Path | URL) -> 
     thread.start()
     thread.join()
     assert results == [True]
+
+
+def test_a_call_still_waiting_when_the_store_closes_is_told_so(target: Path | URL) -> None:
+    """A call the closing leaves unfinished raises StoreClosedError instead of hanging,
+    and a second close() returns once the first has finished."""
+    store = SyncStateStore.open(target)
+    outcome: list[BaseException] = []
+    started = threading.Event()
+
+    async def never_done() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    def waiting() -> None:
+        try:
+            store._run(never_done)
+        except BaseException as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=waiting)
+    caller.start()
+    assert started.wait(10)
+    closers = [threading.Thread(target=store.close) for _ in range(2)]
+    for closer in closers:
+        closer.start()
+    for thread in (*closers, caller):
+        thread.join(30)
+        assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], StoreClosedError)

@@ -11,6 +11,7 @@ order, saves called together share a transaction).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
@@ -53,6 +54,9 @@ class SyncStateStore:
         self._thread = thread
         self._closed = False
         self._closing = threading.Lock()
+        self._stopped = threading.Event()
+        self._calls: set[concurrent.futures.Future[Any]] = set()
+        """Calls waiting for their result: close() ends any the stopped loop left behind."""
 
     @classmethod
     def open(
@@ -90,26 +94,40 @@ class SyncStateStore:
 
     def _run(self, work: Callable[[], Awaitable[ResultT]]) -> ResultT:
         """Run ``work()`` on the store's loop and wait for its result."""
-        if self._closed:
-            raise StoreClosedError("the store is closed")
         if threading.current_thread() is self._thread:
             raise ReentrantWriteError(
                 "a SyncStateStore was called from its own thread (inside update_session_with's "
                 "fn or a progress callback): that call would wait for itself forever"
             )
-        return asyncio.run_coroutine_threadsafe(_called(work), self._loop).result()
+        with self._closing:
+            if self._closed:
+                raise StoreClosedError("the store is closed")
+            call = asyncio.run_coroutine_threadsafe(_called(work), self._loop)
+            self._calls.add(call)
+        try:
+            return call.result()
+        except concurrent.futures.CancelledError:
+            raise StoreClosedError("the store was closed while this call waited") from None
+        finally:
+            self._calls.discard(call)
 
     def close(self) -> None:
         """Finish queued writes and background prunes, release every connection, and stop
-        the store's thread. Idempotent."""
+        the store's thread. Idempotent; a call still waiting (a read, say) then raises
+        :class:`StoreClosedError`."""
         with self._closing:
-            if self._closed:
-                return
-            try:
-                asyncio.run_coroutine_threadsafe(self._store.close(), self._loop).result()
-            finally:
-                self._closed = True
-                _stop(self._loop, self._thread)
+            closing_here = not self._closed
+            self._closed = True  # no call starts from here on
+        if not closing_here:
+            self._stopped.wait()  # another thread is closing: return once it has
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._store.close(), self._loop).result()
+        finally:
+            _stop(self._loop, self._thread)
+            for call in list(self._calls):
+                call.cancel()
+            self._stopped.set()
 
     def __enter__(self) -> Self:
         return self
