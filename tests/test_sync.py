@@ -294,3 +294,17 @@ def test_a_call_still_waiting_when_the_store_closes_is_told_so(target: Path | UR
         assert not thread.is_alive()
     assert len(outcome) == 1
     assert isinstance(outcome[0], StoreClosedError)
+
+
+def test_every_public_method_has_a_blocking_twin_with_the_same_parameters() -> None:
+    """A method added to StateStore without its SyncStateStore twin fails here."""
+    import inspect
+
+    for name, method in inspect.getmembers(StateStore, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        twin = getattr(SyncStateStore, name, None)
+        assert twin is not None, f"SyncStateStore has no {name}"
+        assert list(inspect.signature(twin).parameters) == list(
+            inspect.signature(method).parameters
+        ), name
