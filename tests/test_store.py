@@ -553,7 +553,9 @@ async def test_background_prune_errors_are_logged(
 
     monkeypatch.setattr(_ops, "prune_pending", broken)
     with caplog.at_level(logging.ERROR, logger="statestore"):
-        await store._prune_in_background(PruneConfig(max_sessions=1, ttl_hours=1))
+        await store.save_session_with_prune(session, PruneConfig(max_sessions=1, ttl_hours=1))
+        while store._db._background:  # the prune runs after the save, in the background
+            await asyncio.gather(*store._db._background)
 
     assert "background prune failed" in caplog.text
     assert "simulated" in caplog.text

@@ -250,5 +250,6 @@ async def test_a_save_walks_down_few_modules_and_never_back(tmp_path: Path) -> N
     assert returning == []
     print("modules a save crosses:", sorted(modules))
     print("longest call path:", " -> ".join(max(recorder.paths, key=len)))
-    assert len(modules) <= 10, sorted(modules)
+    # 11 since telemetry: _telemetry is on every write's path (a span, the writer's metrics).
+    assert len(modules) <= 11, sorted(modules)
     assert max(len(path) for path in recorder.paths) <= 5, max(recorder.paths, key=len)

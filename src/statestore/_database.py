@@ -175,11 +175,14 @@ class Database:
         task.add_done_callback(self._background.discard)
 
     async def after_save(
-        self, queued: Queued, then: Callable[[], Coroutine[Any, Any, None]]
+        self, queued: Queued, then: Callable[[], Coroutine[Any, Any, None] | None]
     ) -> None:
-        """Wait for a captured save's commit, then run ``then()`` in the background."""
+        """Wait for a captured save's commit, then run ``then()`` (if it gives work) in the
+        background."""
         await acknowledged(queued)
-        self.in_background(then())
+        work = then()
+        if work is not None:
+            self.in_background(work)
 
     def check_open(self) -> None:
         """Raise :class:`StoreClosedError` once the store is closed."""

@@ -12,29 +12,22 @@ import asyncio
 import io
 import os
 import sys
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
-from statestore import filestore
+from statestore import _terminal, filestore
 from statestore import migrate as migrations
 from statestore._engine import resolve_url
 from statestore.errors import StateStoreError
-from statestore.filestore import Progress as ProgressCallback
 from statestore.filestore import json_file_text, session_file_text
-from statestore.models import Session, SessionSummary, format_timestamp
+from statestore.models import Session, SessionSummary
 from statestore.prune import PruneConfig
 from statestore.stats import StoreStats
 from statestore.store import StateStore
-
-# rich is imported where something is drawn: a command printing JSON or one line starts
-# without it.
-if TYPE_CHECKING:
-    from rich.console import Console
 
 __all__ = ["main"]
 
@@ -91,105 +84,6 @@ async def _opened(db: str, *, create: bool = False) -> AsyncIterator[StateStore]
     busy_timeout: float = click.get_current_context().find_root().meta["busy_timeout"]
     async with StateStore.open(target, migrate=create, busy_timeout=busy_timeout) as store:
         yield store
-
-
-@contextmanager
-def _progress(description: str) -> Iterator[ProgressCallback]:
-    """A progress bar on a terminal's stderr; nothing when stderr is not a terminal."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    console = Console(stderr=True)
-    bar = Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-        transient=True,
-    )
-    task = bar.add_task(description, total=None)
-
-    def advance(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    with bar:
-        yield advance
-
-
-def _stdout() -> Console:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = 240  # piped: fold no id to fit 80 columns, unless told a width
-    return console
-
-
-TIME_HEADING = "updated (UTC)"
-
-
-def _print_table(
-    headings: tuple[str, ...],
-    rows: Sequence[tuple[str, ...]],
-    *,
-    title: str | None = None,
-    show_header: bool = True,
-    min_widths: dict[str, int] | None = None,
-) -> None:
-    """Print a table whose every column stays readable on a narrow terminal.
-
-    A column shrinks (its values wrap within it) only while it is the widest left, and
-    never below its heading or ``min_widths``; timestamps (see :func:`_at`) never wrap.
-    """
-    from rich.table import Table
-
-    out = _stdout()
-    floors = [max(len(h), (min_widths or {}).get(h, 0)) if show_header else 1 for h in headings]
-    widths = [
-        max([len(h) if show_header else 0, *(len(row[i]) for row in rows)])
-        for i, h in enumerate(headings)
-    ]
-    timestamps = {i for i, heading in enumerate(headings) if heading.endswith("(UTC)")}
-    room = out.width - (3 * len(headings) + 1)  # each column's padding and border
-    while sum(widths) > room:
-        shrinkable = [
-            i for i in range(len(widths)) if i not in timestamps and widths[i] > floors[i]
-        ]
-        if not shrinkable:
-            break
-        widest = max(shrinkable, key=lambda i: widths[i])
-        widths[widest] -= 1
-    table = Table(title=title, show_header=show_header)
-    for index, heading in enumerate(headings):
-        table.add_column(heading, width=widths[index], no_wrap=index in timestamps, overflow="fold")
-    for row in rows:
-        table.add_row(*(_text(value) for value in row))
-    out.print(table)
-
-
-def _text(value: str, style: str = "") -> Any:
-    """A value shown as is (rich would read ``[...]`` in it as markup)."""
-    from rich.text import Text
-
-    return Text(value, style=style)
-
-
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else format_timestamp(moment)
-
-
-def _at(moment: datetime | None) -> str:
-    """A timestamp for a table: UTC to the minute, always 16 characters (``--json`` has
-    every digit)."""
-    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
 
 
 def _dump(data: Any) -> None:
@@ -297,7 +191,7 @@ def import_(
 
     async def work() -> Any:
         async with _opened(db, create=True) as store:
-            with _progress("importing") as progress:
+            with _terminal.progress("importing") as progress:
                 return await store.import_directory(
                     directory, replace_newer=replace_newer, progress=progress, workers=workers
                 )
@@ -359,7 +253,7 @@ def export(db: str, directory: Path, user_id: str | None, overwrite: bool) -> No
 
     async def work() -> Any:
         async with _opened(db) as store:
-            with _progress("exporting") as progress:
+            with _terminal.progress("exporting") as progress:
                 return await store.export_directory(
                     directory, user_id=user_id, overwrite=overwrite, progress=progress
                 )
@@ -384,13 +278,13 @@ def _print_summaries(summaries: list[SessionSummary], *, none: str) -> None:
             str(summary.message_count),
             summary.active_seed_id or "-",
             summary.project_id or "-",
-            _at(summary.updated_at),
+            _terminal.at(summary.updated_at),
         )
         for summary in summaries
     ]
     # At 80 columns an id of 36 characters (a uuid) folds onto two lines, no more.
-    headings = ("id", "user", "messages", "seed", "project", TIME_HEADING)
-    _print_table(headings, rows, min_widths={"id": 18})
+    headings = ("id", "user", "messages", "seed", "project", _terminal.TIME_HEADING)
+    _terminal.print_table(headings, rows, min_widths={"id": 18})
 
 
 @cli.command()
@@ -435,12 +329,13 @@ def show(db: str, session_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(session_file_text(session))
         return
-    out = _stdout()
-    out.print(_text(f"session {session.id}  user {session.user_id}", style="bold"))
-    out.print(f"created {_when(session.created_at)}  updated {_when(session.updated_at)}")
+    out = _terminal.stdout()
+    out.print(_terminal.text(f"session {session.id}  user {session.user_id}", style="bold"))
+    created, updated = _terminal.when(session.created_at), _terminal.when(session.updated_at)
+    out.print(f"created {created}  updated {updated}")
     if session.active_seed_id or session.active_persona_id:
         out.print(
-            _text(
+            _terminal.text(
                 f"seed {session.active_seed_id or '-'}  persona {session.active_persona_id or '-'}"
             )
         )
@@ -449,14 +344,18 @@ def show(db: str, session_id: str, as_json: bool) -> None:
         out.print()
         if position < len(session.user_messages):
             message = session.user_messages[position]
-            out.print(_text(f"[{position}] user  {_when(message.timestamp)}", style="cyan"))
+            out.print(
+                _terminal.text(
+                    f"[{position}] user  {_terminal.when(message.timestamp)}", style="cyan"
+                )
+            )
             click.echo(message.content)  # as written: no wrapping, tabs kept
         if position < len(session.agent_responses):
             response = session.agent_responses[position]
             verdict = {True: "passed", False: "failed", None: "-"}[response.evaluation_passed]
             out.print(
-                _text(
-                    f"[{position}] agent {_when(response.timestamp)}  "
+                _terminal.text(
+                    f"[{position}] agent {_terminal.when(response.timestamp)}  "
                     f"seed {response.seed_id or '-'}  phase {response.phase_reached or '-'}  "
                     f"evaluation {verdict}",
                     style="green",
@@ -625,10 +524,10 @@ def stats(db: str, days: int, as_json: bool) -> None:
         ("messages", f"{numbers.messages:,}"),
         ("responses", f"{numbers.responses:,}"),
         ("documents", f"{numbers.documents:,}"),
-        ("first activity (UTC)", _at(numbers.first_activity_at)),
-        ("last activity (UTC)", _at(numbers.last_activity_at)),
+        ("first activity (UTC)", _terminal.at(numbers.first_activity_at)),
+        ("last activity (UTC)", _terminal.at(numbers.last_activity_at)),
     ]
-    _print_table(("", ""), totals, show_header=False)
+    _terminal.print_table(("", ""), totals, show_header=False)
     if numbers.pass_rates:
         rates = [
             (
@@ -639,7 +538,7 @@ def stats(db: str, days: int, as_json: bool) -> None:
             )
             for rate in numbers.pass_rates
         ]
-        _print_table(
+        _terminal.print_table(
             ("seed", "evaluated", "passed", "pass rate"), rates, title="evaluation by seed"
         )
     else:
@@ -651,7 +550,7 @@ def stats(db: str, days: int, as_json: bool) -> None:
         (day.day.isoformat(), f"{day.messages:,}", f"{day.sessions:,}", f"{day.users:,}")
         for day in numbers.days
     ]
-    _print_table(
+    _terminal.print_table(
         ("day (UTC)", "messages", "sessions", "users"), activity, title=f"last {days} days"
     )
 

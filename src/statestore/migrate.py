@@ -222,7 +222,10 @@ def _run(connection: Connection, revision: str, *, downgrade: bool = False) -> N
     current = _current(connection)
     _refuse_unknown(current)
     if not downgrade and revision in ("head", HEAD_REVISION) and current == HEAD_REVISION:
-        return  # nothing to do, and no need to read the scripts
+        # Nothing to migrate, and no need to read the scripts. The foreign key check still
+        # runs: reading every child row, it is what finds a damaged file at open.
+        check_foreign_keys(connection)
+        return
     from alembic.operations import Operations
 
     scripts = _scripts()

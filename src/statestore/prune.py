@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,13 +91,18 @@ def check_config(config: object) -> PruneConfig:
     return config
 
 
-async def in_background(
+def in_background(
     database: Database, config: PruneConfig, throttle: PruneThrottle | None
-) -> None:
-    """``save_session_with_prune``'s prune, after its save: unless ``throttle`` holds it
-    back, prune, and log how it went on the ``statestore`` logger (nobody awaits it)."""
+) -> Coroutine[Any, Any, None] | None:
+    """``save_session_with_prune``'s prune, to run after its save: None if ``throttle``
+    holds it back, else a prune that logs how it went on the ``statestore`` logger (nobody
+    awaits it)."""
     if throttle is not None and not throttle.should_prune():
-        return
+        return None
+    return _logged(database, config)
+
+
+async def _logged(database: Database, config: PruneConfig) -> None:
     try:
         deleted = await prune(database, config)
     except Exception:
