@@ -67,6 +67,18 @@ def _instrument(name: str) -> Any:
     return instrument
 
 
+_TRACERS: list[Any] = []
+
+
+def _tracer() -> Any:
+    """statestore's tracer, made once: before the host sets its provider it is a proxy that
+    follows the provider set later, so one is enough (making one per span cost more than
+    the span)."""
+    if not _TRACERS:
+        _TRACERS.append(_trace.get_tracer("statestore"))
+    return _TRACERS[0]
+
+
 class Trace:
     """One operation's span, from its call to its result."""
 
@@ -76,8 +88,7 @@ class Trace:
         attributes: dict[str, Any] = {"db.system": system, "statestore.operation": operation}
         if session_id is not None:
             attributes["gen_ai.conversation.id"] = session_id
-        tracer = _trace.get_tracer("statestore")
-        self.span = tracer.start_span(
+        self.span = _tracer().start_span(
             f"statestore {operation}", kind=_trace.SpanKind.CLIENT, attributes=attributes
         )
         self.called = time.monotonic()
