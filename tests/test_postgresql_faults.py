@@ -123,12 +123,17 @@ class Worker:
 
 
 async def terminate_backends(database: str) -> int:
-    """Terminate every server connection to ``database`` but this one; return how many."""
+    """Terminate every server connection to ``database`` but this one; return how many.
+
+    Each backend is waited for (up to 5 s) until it has exited: without the timeout,
+    ``pg_terminate_backend`` returns as soon as it has signalled, and a backend still
+    exiting after the kill's window could fail a save called after it.
+    """
     connection = await asyncpg.connect(server_dsn())
     try:
         killed = await connection.fetchval(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+            "FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
             database,
         )
     finally:
