@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -427,3 +428,62 @@ async def test_a_changed_identity_column_goes_through_the_upsert(
     await store.save_session(session)
 
     assert identity_updates(db_path) == [session.id]
+
+
+# -- unknown fields changed in place --------------------------------------------------------
+
+
+def _with_extras() -> Session:
+    session = make_session(messages=0)
+    session.user_messages.append(UserMessage(content="q", tags=["a"], meta={"k": 1}))
+    session.agent_responses.append(
+        AgentResponse(content="r", tool_calls=[{"name": "x", "args": {"n": 1}}])
+    )
+    session.user_messages.append(UserMessage(content="plain"))
+    return session
+
+
+EXTRA_EDITS = {
+    "append-to-a-list": lambda s: s.user_messages[0].tags.append("b"),
+    "set-in-a-nested-object": lambda s: s.user_messages[0].meta.__setitem__("k", 2),
+    "add-a-key-to-model-extra": lambda s: s.user_messages[1].model_extra.__setitem__("new", 1),
+    "delete-a-key": lambda s: s.user_messages[0].model_extra.__delitem__("tags"),
+    "edit-an-object-in-a-list": lambda s: (
+        s.agent_responses[0].tool_calls[0].__setitem__("name", "y")
+    ),
+    "deep-inside": lambda s: s.agent_responses[0].tool_calls[0]["args"].update(n=2),
+    "sort-a-list": lambda s: s.user_messages[0].tags.sort(reverse=True),
+}
+
+
+@pytest.mark.parametrize("edit", EXTRA_EDITS.values(), ids=EXTRA_EDITS.keys())
+@pytest.mark.parametrize("source", ["loaded", "saved-here"])
+async def test_unknown_fields_changed_in_place_are_saved(
+    store: StateStore, edit: Any, source: str
+) -> None:
+    """An in-place change to a stored message's unknown fields (then an append) is stored:
+    the containers holding them count every change as an edit."""
+    session = _with_extras()
+    session.user_messages[0].tags.append("z")  # before any save: plain lists
+    await store.save_session(session)
+    if source == "loaded":
+        loaded = await store.load_session(session.id)
+        assert loaded is not None
+        session = loaded
+    edit(session)
+    exchange(session, "then an append")
+    await store.save_session(session)
+    assert await store.load_session(session.id) == session
+
+
+@pytest.mark.parametrize("edit", EXTRA_EDITS.values(), ids=EXTRA_EDITS.keys())
+async def test_update_with_an_in_place_extra_change_stores_what_it_returns(
+    store: StateStore, edit: Any
+) -> None:
+    """update_session_with's fn may change unknown fields in place: what it returns is
+    what is stored."""
+    session = _with_extras()
+    await store.save_session(session)
+    returned = await store.update_session_with(session.id, edit)
+    assert returned is not None
+    assert await store.load_session(session.id) == returned

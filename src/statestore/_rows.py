@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from statestore._sql import SessionRow
-from statestore._tracking import RowLog, StoredState
+from statestore._tracking import RowLog, StoredState, TrackedDict, tracked
 from statestore._validate import (
     check_json,
     check_length,
@@ -235,6 +235,7 @@ def message_rows(
                     "extra": _extra("", message),
                 }
             )
+            _track_extra(message)
         except InvalidDataError as exc:
             raise _placed_error(exc, f"user_messages[{position}]") from None
     return rows
@@ -272,9 +273,24 @@ def response_rows(
                     "extra": _extra("", response),
                 }
             )
+            _track_extra(response)
         except InvalidDataError as exc:
             raise _placed_error(exc, f"agent_responses[{position}]") from None
     return rows
+
+
+def _track_extra(message: BaseModel) -> None:
+    """Hold a message's unknown fields, now that they are stored, as tracked containers:
+    changing them in place (``message.model_extra["k"] = v``, ``message.tags.append(...)``)
+    then counts as an edit, so the session's next save rewrites it whole."""
+    extra = message.__pydantic_extra__
+    if not isinstance(extra, TrackedDict):
+        object.__setattr__(message, "__pydantic_extra__", tracked(extra or {}))
+
+
+def _stored_extra(text: Any) -> TrackedDict:
+    """A stored ``extra`` column (NULL, JSON text, or decoded JSON) as tracked containers."""
+    return TrackedDict() if text is None else tracked(_load_json(text))
 
 
 def _placed_error(error: InvalidDataError, item: str) -> InvalidDataError:
@@ -342,7 +358,7 @@ def messages_from_rows(
         build(
             UserMessage,
             {"content": content, "timestamp": read(created_at)},
-            _load_json(extra) if extra is not None else {},
+            _stored_extra(extra),
         )
         for position, content, created_at, extra in rows
     ]
@@ -363,7 +379,7 @@ def responses_from_rows(
                 "evaluation_passed": None if evaluation_passed is None else bool(evaluation_passed),
                 "timestamp": read(created_at),
             },
-            _load_json(extra) if extra is not None else {},
+            _stored_extra(extra),
         )
         for (
             position,

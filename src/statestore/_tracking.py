@@ -13,7 +13,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Self, SupportsIndex
 
-__all__ = ["History", "RowLog", "StoredState", "Tracked", "note_edit"]
+__all__ = [
+    "History",
+    "RowLog",
+    "StoredState",
+    "Tracked",
+    "TrackedDict",
+    "TrackedList",
+    "note_edit",
+    "tracked",
+]
 
 _edits = 0
 """Bumped whenever any message's field is assigned; see :class:`StoredState`."""
@@ -23,6 +32,112 @@ def note_edit() -> None:
     """Count one assignment to a message's field (called by the message models)."""
     global _edits
     _edits += 1
+
+
+class TrackedDict(dict[str, Any]):
+    """A message's unknown fields (or a JSON object inside one): a ``dict`` whose every
+    change counts as an edit (see :func:`note_edit`), so that changing a stored message's
+    extra values in place makes its session's next save rewrite it whole."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        note_edit()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        note_edit()
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
+        note_edit()
+        return super().__ior__(other)
+
+    def clear(self) -> None:
+        note_edit()
+        super().clear()
+
+    def pop(self, *args: Any) -> Any:
+        note_edit()
+        return super().pop(*args)
+
+    def popitem(self) -> tuple[str, Any]:
+        note_edit()
+        return super().popitem()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        note_edit()
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        note_edit()
+        super().update(*args, **kwargs)
+
+
+class TrackedList(list[Any]):
+    """A JSON array inside a message's unknown fields: a ``list`` whose every change
+    counts as an edit, as :class:`TrackedDict`'s do."""
+
+    __slots__ = ()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        note_edit()
+        super().__setitem__(index, value)
+
+    def __delitem__(self, index: Any) -> None:
+        note_edit()
+        super().__delitem__(index)
+
+    def __iadd__(self, other: Any) -> Self:  # type: ignore[misc]
+        note_edit()
+        return super().__iadd__(other)
+
+    def __imul__(self, count: SupportsIndex) -> Self:
+        note_edit()
+        return super().__imul__(count)
+
+    def append(self, value: Any) -> None:
+        note_edit()
+        super().append(value)
+
+    def extend(self, values: Iterable[Any]) -> None:
+        note_edit()
+        super().extend(values)
+
+    def insert(self, index: SupportsIndex, value: Any) -> None:
+        note_edit()
+        super().insert(index, value)
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        note_edit()
+        return super().pop(index)
+
+    def remove(self, value: Any) -> None:
+        note_edit()
+        super().remove(value)
+
+    def clear(self) -> None:
+        note_edit()
+        super().clear()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        note_edit()
+        super().sort(*args, **kwargs)
+
+    def reverse(self) -> None:
+        note_edit()
+        super().reverse()
+
+
+def tracked(value: Any) -> Any:
+    """``value`` (JSON) with every object and array in it made a tracked copy."""
+    if isinstance(value, TrackedDict | TrackedList):
+        return value
+    if isinstance(value, dict):
+        return TrackedDict({key: tracked(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return TrackedList([tracked(item) for item in value])
+    return value
 
 
 class Tracked(Protocol):
