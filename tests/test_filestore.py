@@ -489,3 +489,95 @@ async def test_compact_gives_space_back_after_deletes(store: StateStore) -> None
     before, after = await store.compact()
     assert after < before / 2
     assert len(await store.list_sessions()) == 10
+
+
+def test_files_that_are_not_regular_or_too_large_or_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO (which would block a read) and a file over the limit are skipped with the
+    reason; hidden files are left out, as hidden folders are."""
+    root = tmp_path / "files"
+    _write(root, "sessions/ok.json", json.dumps({"user_id": "u"}))
+    _write(root, "notes/big.md", "x" * 2_000)
+    _write(root, "notes/.DS_Store", "junk")
+    _write(root, ".gitignore", "*.db")
+    os.mkfifo(root / "sessions" / "pipe.json")
+    monkeypatch.setattr(filestore, "MAX_FILE_BYTES", 1_000)
+
+    paths, _ = filestore.find_files(root)
+    assert paths == ["notes/big.md", "sessions/ok.json", "sessions/pipe.json"]
+    reasons = {
+        path: str(getattr(filestore.read_file(root, path), "reason", "read")) for path in paths
+    }
+    assert reasons == {
+        "notes/big.md": "is 2,000 bytes; the limit is 1,000",
+        "sessions/ok.json": "read",
+        "sessions/pipe.json": "not a regular file",
+    }
+
+
+def test_workers_are_gone_when_an_import_ends_or_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an import with workers returns, or is cancelled, no worker process is left."""
+    import multiprocessing
+
+    root = tmp_path / "files"
+    for index in range(40):
+        body = {"user_id": "u", "user_messages": [{"content": f"m{index}"}]}
+        _write(root, f"sessions/s{index:02d}.json", json.dumps(body))
+    monkeypatch.setattr(filestore, "PARALLEL_IMPORT_MIN_FILES", 1)
+    monkeypatch.setattr(filestore, "IMPORT_BATCH", 4)
+
+    async def run() -> None:
+        async with StateStore.open(tmp_path / "done.db") as store:
+            await store.import_directory(root, workers=2)
+        assert multiprocessing.active_children() == []
+        async with StateStore.open(tmp_path / "cancelled.db") as store:
+            first = asyncio.Event()
+            task = asyncio.create_task(
+                store.import_directory(root, workers=2, progress=lambda d, t: first.set())
+            )
+            await first.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        for _ in range(100):  # terminated: gone as soon as the OS reaps them
+            if not multiprocessing.active_children():
+                break
+            await asyncio.sleep(0.05)
+        assert multiprocessing.active_children() == []
+
+    asyncio.run(run())
+
+
+def test_a_script_without_the_main_guard_gets_a_clear_error(tmp_path: Path) -> None:
+    """Workers are spawned, which imports the script again: without the guard the import
+    fails with an error that says so, and nothing hangs."""
+    root = tmp_path / "files"
+    for index in range(3):
+        _write(root, f"sessions/s{index}.json", json.dumps({"user_id": "u"}))
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        f"""
+import asyncio
+from statestore import StateStore, filestore
+filestore.PARALLEL_IMPORT_MIN_FILES = 1
+
+async def main():
+    async with StateStore.open({str(tmp_path / "state.db")!r}) as store:
+        await store.import_directory({str(root)!r}, workers=1)
+
+asyncio.run(main())
+""",
+        encoding="utf-8",
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "InvalidArgumentError" in result.stderr
+    assert '__name__ == "__main__"' in result.stderr

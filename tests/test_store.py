@@ -16,10 +16,12 @@ from sqlalchemy import URL
 from statestore import (
     AgentResponse,
     DatabaseError,
+    InvalidArgumentError,
     InvalidDataError,
     InvalidNameError,
     PruneConfig,
     PruneThrottle,
+    ReentrantWriteError,
     Session,
     StateStore,
     StoreClosedError,
@@ -619,3 +621,38 @@ async def test_cancelled_save_still_commits_whole(target: Path | URL) -> None:
     # close() waited for the write in flight
     async with StateStore.open(target) as store:
         assert await store.load_session(session.id) == session
+
+
+async def test_closing_a_store_inside_update_fn_on_the_same_file_is_refused(
+    db_path: Path,
+) -> None:
+    """A second store on the file, opened and closed inside fn: reading works, closing
+    raises ReentrantWriteError (it would wait for the update, which waits for fn)."""
+    async with StateStore.open(db_path) as store:
+        session = make_session(messages=1)
+        await store.save_session(session)
+        seen: list[BaseException] = []
+        others: list[StateStore] = []
+
+        async def fn(current: Session) -> None:
+            other = await StateStore.open(db_path, migrate=False)
+            others.append(other)
+            assert await other.load_session(current.id) is not None
+            try:
+                await other.close()
+            except ReentrantWriteError as error:
+                seen.append(error)
+            current.add_user_message("from fn")
+
+        await asyncio.wait_for(store.update_session_with(session.id, fn), 30)
+        assert len(seen) == 1
+        await others[0].close()  # after the update, it closes
+        loaded = await store.load_session(session.id)
+        assert loaded is not None
+        assert loaded.user_messages[-1].content == "from fn"
+
+
+@pytest.mark.parametrize("busy_timeout", [float("nan"), float("inf"), -1, True, "5", 10**9])
+async def test_a_bad_busy_timeout_is_refused(db_path: Path, busy_timeout: Any) -> None:
+    with pytest.raises(InvalidArgumentError, match="busy_timeout"):
+        await StateStore.open(db_path, busy_timeout=busy_timeout)

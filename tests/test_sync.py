@@ -308,3 +308,32 @@ def test_every_public_method_has_a_blocking_twin_with_the_same_parameters() -> N
         assert list(inspect.signature(twin).parameters) == list(
             inspect.signature(method).parameters
         ), name
+
+
+def test_close_from_inside_update_fn_is_refused_not_a_deadlock(sync_store: SyncStateStore) -> None:
+    sync_store.save_session(make_session(messages=1))
+    [summary] = sync_store.list_sessions()
+    with pytest.raises(ReentrantWriteError, match="closed from its own thread"):
+        sync_store.update_session_with(summary.id, lambda session: sync_store.close())
+    assert sync_store.load_session(summary.id) is not None
+
+
+def test_exit_with_an_unfinished_iterator_and_no_close_does_not_hang(tmp_path: Path) -> None:
+    """A script that stops iterating half-way and never closes still exits."""
+    probe = f"""
+from statestore import Session, SyncStateStore
+store = SyncStateStore.open({str(tmp_path / "state.db")!r})
+for index in range(5):
+    store.save_session(Session(user_id="u"))
+pages = store.iter_sessions(page_size=2)
+next(pages)
+print("done")
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"

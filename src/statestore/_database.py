@@ -33,6 +33,7 @@ from statestore._runner import (
 )
 from statestore._tracking import RowLog, StoredState
 from statestore._tx import Tx
+from statestore._validate import check_busy_timeout
 from statestore.errors import (
     InvalidArgumentError,
     InvalidDataError,
@@ -116,7 +117,7 @@ class Database:
         busy_timeout: float,
         checkpoints: Checkpoints = "store",
     ):
-        wait_ms = int(busy_timeout * 1000)
+        wait_ms = int(check_busy_timeout(busy_timeout) * 1000)
         prepare_engine(
             engine, synchronous=synchronous, busy_timeout_ms=wait_ms, checkpoints=checkpoints
         )
@@ -152,7 +153,17 @@ class Database:
         """Finish background work and queued writes, then release every connection.
 
         Idempotent, and safe to cancel: the closing goes on, and a later call waits for it.
+
+        Raises:
+            ReentrantWriteError: Called inside an ``update_session_with`` fn on this
+                database's writer: the close would wait for the update, which waits for fn.
         """
+        updating = _updating.get()
+        if self._closing is None and updating is not None and updating.runner is self._runner:
+            raise ReentrantWriteError(
+                "a store was closed inside update_session_with's fn on the same database: "
+                "closing waits for the update's transaction, which waits for fn"
+            )
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close_now())
         await asyncio.shield(self._closing)

@@ -97,6 +97,23 @@ def check_text(field: str, value: object, *, optional: bool = False) -> None:
         raise InvalidDataError(field, "must be valid Unicode (no lone surrogates)") from None
 
 
+MAX_BUSY_TIMEOUT = 86_400
+"""The longest ``busy_timeout`` (seconds) a store accepts: a day."""
+
+
+def check_busy_timeout(value: object) -> float:
+    """Return ``value`` if it is a number of seconds a write may wait for a lock."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_BUSY_TIMEOUT
+    ):
+        raise InvalidArgumentError(
+            "busy_timeout", f"must be seconds from 0 to {MAX_BUSY_TIMEOUT:,}, not {value!r}"
+        )
+    return float(value)
+
+
 def check_length(field: str, text: str) -> None:
     if len(text) > MAX_TEXT_LENGTH:
         raise InvalidDataError(

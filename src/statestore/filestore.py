@@ -17,9 +17,11 @@ import collections
 import json
 import multiprocessing
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -60,6 +62,9 @@ __all__ = [
 
 TEMP_SUFFIX = ".tmp"
 """Files the file store left half-written; import ignores and counts them."""
+
+MAX_FILE_BYTES = 256 * 1024 * 1024
+"""The largest file import reads: far above any session or document, far below memory."""
 
 _SUFFIX_KIND = {".md": "markdown", ".json": "json"}
 _KIND_SUFFIX = {kind: suffix for suffix, kind in _SUFFIX_KIND.items()}
@@ -146,7 +151,8 @@ class ExportReport:
 def find_files(root: Path) -> tuple[list[str], int]:
     """Return the files under ``root`` to import, sorted, and how many temp files there are.
 
-    Paths are relative, with ``/`` separators. Hidden folders are not walked.
+    Paths are relative, with ``/`` separators. Hidden folders are not walked, and hidden
+    files (but the file store's own temp files) are left out.
 
     Raises:
         InvalidDataError: ``root`` is not a directory.
@@ -161,7 +167,7 @@ def find_files(root: Path) -> tuple[list[str], int]:
         for file_name in sorted(files):
             if file_name.endswith(TEMP_SUFFIX):
                 temp_files += 1
-            else:
+            elif not file_name.startswith("."):  # .DS_Store, .gitignore, ...
                 found.append((Path(folder) / file_name).relative_to(root).as_posix())
     return found, temp_files
 
@@ -182,8 +188,15 @@ def read_file(root: Path, path: str) -> SessionFile | DocumentFile | SkippedFile
     except InvalidNameError as exc:
         return SkippedFile(path, str(exc))
     try:
+        status = (root / path).stat()
+        if not stat.S_ISREG(status.st_mode):  # a FIFO would block, a device never end
+            return SkippedFile(path, "not a regular file")
+        if status.st_size > MAX_FILE_BYTES:
+            return SkippedFile(
+                path, f"is {status.st_size:,} bytes; the limit is {MAX_FILE_BYTES:,}"
+            )
         raw = (root / path).read_bytes()
-        modified_at = datetime.fromtimestamp((root / path).stat().st_mtime, UTC)
+        modified_at = datetime.fromtimestamp(status.st_mtime, UTC)
     except OSError as exc:
         return SkippedFile(path, f"cannot be read: {exc.strerror}")
     try:
@@ -366,12 +379,21 @@ class _Readers:
         self._read_next()
         return read
 
-    def close(self) -> None:
-        """Drop what was read ahead and stop the workers (without waiting for them)."""
+    def close(self, *, finished: bool) -> None:
+        """Stop the workers: once ``finished``, joined (they are idle); otherwise (an error,
+        a cancel) what was read ahead is dropped and the workers are ended at once, as
+        reading has no effect to lose."""
+        if self._pool is None:
+            return
+        if finished:
+            self._pool.shutdown(wait=True)
+            return
         for ahead in self._ahead:
             ahead.cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        processes = getattr(self._pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def import_directory(
@@ -394,9 +416,18 @@ async def import_directory(
     apart = workers if len(paths) >= PARALLEL_IMPORT_MIN_FILES else 0
     readers = _Readers(database.time, root, batches, apart)
     done = 0
+    finished = False
     try:
         for batch in batches:
-            sessions, documents, skipped = await readers.next()
+            try:
+                sessions, documents, skipped = await readers.next()
+            except BrokenProcessPool as exc:
+                raise InvalidArgumentError(
+                    "workers",
+                    "a worker process died before it read its files; a script importing "
+                    'with workers needs the `if __name__ == "__main__":` guard (workers '
+                    "are started by spawn, which imports the script again)",
+                ) from exc
             report.skipped.extend(skipped)
             session_counts, document_counts = await database.write(
                 "import_directory",
@@ -411,8 +442,9 @@ async def import_directory(
             done += len(batch)
             if progress is not None:
                 progress(done, len(paths))
+        finished = True
     finally:
-        readers.close()
+        readers.close(finished=finished)
     return report
 
 

@@ -27,6 +27,7 @@ from statestore._engine import POOL_SIZE, Checkpoints, Synchronous, create_engin
 from statestore._validate import (
     MAX_COUNT,
     SESSIONS_CATEGORY,
+    check_busy_timeout,
     check_category,
     check_count,
     check_name,
@@ -127,7 +128,7 @@ class StateStore:
         """
 
         async def opener() -> StateStore:
-            wait_ms = int(busy_timeout * 1000)
+            wait_ms = int(check_busy_timeout(busy_timeout) * 1000)
             engine = create_engine(
                 resolve_url(target),
                 synchronous=synchronous,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
@@ -114,7 +115,17 @@ class SyncStateStore:
     def close(self) -> None:
         """Finish queued writes and background prunes, release every connection, and stop
         the store's thread. Idempotent; a call still waiting (a read, say) then raises
-        :class:`StoreClosedError`."""
+        :class:`StoreClosedError`.
+
+        Raises:
+            ReentrantWriteError: Called from the store's own thread (inside
+                ``update_session_with``'s fn or a progress callback).
+        """
+        if threading.current_thread() is self._thread:
+            raise ReentrantWriteError(
+                "a SyncStateStore was closed from its own thread (inside update_session_with's "
+                "fn or a progress callback): closing waits for that very call"
+            )
         with self._closing:
             closing_here = not self._closed
             self._closed = True  # no call starts from here on
@@ -210,7 +221,8 @@ class SyncStateStore:
                 except StopAsyncIteration:
                     return
         finally:
-            if not self._closed:
+            # At interpreter exit the store's (daemon) thread is frozen: nothing to close.
+            if not self._closed and not sys.is_finalizing():
                 self._run(pages.aclose)
 
     def delete_session(self, session_id: str) -> bool:
