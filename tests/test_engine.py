@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -241,3 +242,24 @@ async def test_a_file_is_open_with_one_checkpoint_policy_per_process(tmp_path: P
             await StateStore.open(path)
     with pytest.raises(InvalidDataError, match="checkpoints"):
         await StateStore.open(path, checkpoints="litestream")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        ":memory:",
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///:memory:",
+        "sqlite+aiosqlite:///file::memory:?cache=shared&uri=true",
+        "sqlite+aiosqlite:///file:memdb1?mode=memory&uri=true",
+    ],
+)
+async def test_an_in_memory_database_is_refused_in_every_spelling(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-memory SQLite database (each connection would see its own, empty one) is
+    refused at open, whichever way the URL says so, and leaves no file behind."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidDataError, match="in-memory"):
+        await StateStore.open(target)
+    assert os.listdir(tmp_path) == []

@@ -144,11 +144,13 @@ async def test_close_finishes_queued_saves(db_path: Path) -> None:
 
 
 async def test_in_memory_sqlite_is_refused() -> None:
-    """An in-memory database cannot be shared by the store's threads: a clear error."""
-    from statestore import InvalidDataError
-    from statestore._engine import create_engine, resolve_url
+    """An in-memory database cannot be shared by the store's threads: a clear error, for
+    a host's own engine too (statestore's own refuses to make one)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    engine = create_engine(resolve_url("sqlite+aiosqlite:///:memory:"))
+    from statestore import InvalidDataError
+
+    engine = create_async_engine("sqlite+aiosqlite:///:memory:")
     try:
         with pytest.raises(InvalidDataError, match="in-memory"):
             StateStore(engine)

@@ -22,7 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from statestore import _ops, _rows
-from statestore._engine import Checkpoints, Synchronous, prepare_engine
+from statestore._engine import Checkpoints, Synchronous, prepare_engine, sqlite_in_memory
 from statestore._pool import PostgresRunner
 from statestore._rows import TimeCodec
 from statestore._runner import (
@@ -135,7 +135,7 @@ class Database:
             )
         if engine.dialect.name == "sqlite":
             path = engine.url.database
-            if not path or path == ":memory:" or "mode=memory" in path:
+            if not path or sqlite_in_memory(engine.url):
                 raise InvalidArgumentError(
                     "target", "statestore needs a SQLite file, not an in-memory database"
                 )

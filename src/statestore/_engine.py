@@ -110,6 +110,18 @@ def resolve_url(target: str | os.PathLike[str] | URL) -> URL:
     return url.set(drivername=f"{backend}+{driver}")
 
 
+def sqlite_in_memory(url: URL) -> bool:
+    """Whether a SQLite URL names an in-memory database: no file, ``:memory:``, or a URI
+    such as ``file::memory:?cache=shared`` or ``file:name?mode=memory``."""
+    database = url.database or ""
+    return (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or url.query.get("mode") == "memory"
+        or "mode=memory" in database
+    )
+
+
 def create_engine(
     url: URL,
     *,
@@ -128,6 +140,10 @@ def create_engine(
     """
     options: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
+        if sqlite_in_memory(url):
+            raise InvalidArgumentError(
+                "target", "statestore needs a SQLite file, not an in-memory database"
+            )
         options["connect_args"] = {"isolation_level": None}
     else:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:

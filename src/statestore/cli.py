@@ -21,7 +21,7 @@ import click
 
 from statestore import _terminal, filestore
 from statestore import migrate as migrations
-from statestore._engine import resolve_url
+from statestore._engine import resolve_url, sqlite_in_memory
 from statestore.errors import StateStoreError
 from statestore.filestore import json_file_text, session_file_text
 from statestore.models import Session, SessionSummary
@@ -67,7 +67,7 @@ def _sqlite_file(target: str | Path) -> Path | None:
     url = resolve_url(target)
     if url.get_backend_name() != "sqlite":
         return None
-    if not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
+    if not url.database or sqlite_in_memory(url):
         return _IN_MEMORY
     return Path(url.database)
 
