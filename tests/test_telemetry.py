@@ -192,3 +192,46 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+class _BrokenSpan:
+    def set_attributes(self, attributes: Any) -> None:
+        raise RuntimeError("exporter down")
+
+    set_attribute = set_attributes
+
+    def record_exception(self, error: BaseException) -> None:
+        raise RuntimeError("exporter down")
+
+    def set_status(self, status: Any) -> None:
+        raise RuntimeError("exporter down")
+
+    def end(self) -> None:
+        raise RuntimeError("exporter down")
+
+
+class _BrokenTracer:
+    def __init__(self, *, at_start: bool) -> None:
+        self.at_start = at_start
+
+    def start_span(self, *args: Any, **kwargs: Any) -> _BrokenSpan:
+        if self.at_start:
+            raise RuntimeError("tracer down")
+        return _BrokenSpan()
+
+
+@pytest.mark.parametrize("at_start", [True, False], ids=["start-fails", "span-fails"])
+async def test_broken_telemetry_never_fails_or_repeats_a_save(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, at_start: bool, backend: str
+) -> None:
+    """A tracer that raises everywhere: every save, read and delete still works, once."""
+    monkeypatch.setattr(_telemetry, "_TRACERS", [_BrokenTracer(at_start=at_start)])
+    sessions = [make_session(messages=1) for _ in range(20)]
+    await asyncio.gather(*(store.save_session(session) for session in sessions))
+    for session in sessions:
+        session.add_user_message("again")
+    await asyncio.gather(*(store.save_session(session) for session in sessions))
+    for session in sessions:
+        assert await store.load_session(session.id) == session
+    assert await store.delete_session(sessions[0].id)
+    assert len(await store.list_sessions()) == 19

@@ -430,7 +430,10 @@ class SQLiteRunner:
     ) -> None:
         """Tell telemetry and the log what one transaction did."""
         ended = time.monotonic()
-        rows = tx.connection.total_changes - changes
+        try:
+            rows = tx.connection.total_changes - changes
+        except sqlite3.Error:  # the connection is gone: the count is unknown, no more
+            return
         if not failed:
             for job in batch:
                 if job.trace is not None:

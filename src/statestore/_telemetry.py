@@ -22,10 +22,11 @@ attribute check per operation.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 try:
     from opentelemetry import metrics as _metrics
@@ -37,6 +38,7 @@ except ImportError:  # the otel extra is not installed
 __all__ = ["ENABLED", "Trace", "queued", "start", "traced", "transaction_done"]
 
 ResultT = TypeVar("ResultT")
+Params = ParamSpec("Params")
 
 ENABLED = _trace is not None
 """Whether OpenTelemetry's API is importable (spans and metrics are then recorded)."""
@@ -67,6 +69,21 @@ def _instrument(name: str) -> Any:
     return instrument
 
 
+def _quiet(function: Callable[Params, ResultT]) -> Callable[Params, ResultT | None]:
+    """Telemetry never fails a store operation: an error in it (a broken exporter, say) is
+    logged and the operation goes on, committed or not as it would have been."""
+
+    @functools.wraps(function)
+    def call(*args: Params.args, **kwargs: Params.kwargs) -> ResultT | None:
+        try:
+            return function(*args, **kwargs)
+        except Exception:
+            logger.warning("statestore telemetry failed; the operation goes on", exc_info=True)
+            return None
+
+    return call
+
+
 _TRACERS: list[Any] = []
 
 
@@ -93,6 +110,7 @@ class Trace:
         )
         self.called = time.monotonic()
 
+    @_quiet
     def committed(self, started: float, ended: float, batch_size: int, rows: int | None) -> None:
         """Record the transaction this write ran in (monotonic times; ``rows`` if known)."""
         self.span.set_attributes(
@@ -105,6 +123,7 @@ class Trace:
         if rows is not None:
             self.span.set_attribute("statestore.rows_written", rows)
 
+    @_quiet
     def finish(self, error: BaseException | None) -> None:
         """End the span, as failed if ``error``."""
         if error is not None:
@@ -113,6 +132,7 @@ class Trace:
         self.span.end()
 
 
+@_quiet
 def start(operation: str, session_id: str | None, system: str) -> Trace | None:
     """A span for an operation called now, or None without OpenTelemetry."""
     return Trace(operation, session_id, system) if ENABLED else None
@@ -122,7 +142,9 @@ async def traced(
     operation: str, session_id: str | None, system: str, work: Awaitable[ResultT]
 ) -> ResultT:
     """Await ``work`` (a read) inside its span."""
-    trace = Trace(operation, session_id, system)
+    trace = start(operation, session_id, system)
+    if trace is None:
+        return await work
     try:
         result = await work
     except BaseException as error:
@@ -132,12 +154,14 @@ async def traced(
     return result
 
 
+@_quiet
 def queued(system: str, writes: int) -> None:
     """Count writes into (positive) or out of (negative) the queue."""
     if ENABLED:
         _instrument("statestore.queue.depth").add(writes, {"db.system": system})
 
 
+@_quiet
 def transaction_done(
     system: str, operation: str, batch_size: int, seconds: float, rows: int | None, failed: bool
 ) -> None:

@@ -286,7 +286,7 @@ Progress = Callable[[int, int], None]
 
 
 Batch = tuple[
-    list[tuple[_ops.SaveJob, "Callable[[], Session]"]], list[dict[str, Any]], list[SkippedFile]
+    list[tuple[_ops.SaveJob, Callable[[], Session]]], list[dict[str, Any]], list[SkippedFile]
 ]
 """One batch of files read: sessions as rows (with how to get the validated session, which
 import needs only when a version is stored already), documents as rows, and the files
