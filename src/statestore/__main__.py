@@ -2,4 +2,5 @@
 
 from statestore.cli import main
 
-main()
+if __name__ == "__main__":  # an import's worker processes (spawned) import this module too
+    main()
