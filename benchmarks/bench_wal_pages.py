@@ -127,24 +127,25 @@ async def operations(folder: Path, revision: str, runs: int) -> dict[str, Counte
         changed = [await store.load_session(f"s{i:05d}") for i in range(runs, 2 * runs)]
         now = datetime.now(UTC)
 
-        async def append(index: int) -> None:
-            session = kept[index]
-            assert session is not None
-            message, response = exchange(now)
-            session.user_messages.append(message)
-            session.agent_responses.append(response)
-            session.updated_at = now
-            await store.save_session(session)
+        def appending(
+            sessions: list[Session | None], seed: str | None
+        ) -> Callable[[int], Awaitable[None]]:
+            """Append one exchange to the index-th session and save it (with a new seed)."""
 
-        async def append_changing_seed(index: int) -> None:
-            session = changed[index]
-            assert session is not None
-            message, response = exchange(now)
-            session.user_messages.append(message)
-            session.agent_responses.append(response)
-            session.active_seed_id = "seed-2"
-            session.updated_at = now
-            await store.save_session(session)
+            async def append(index: int) -> None:
+                session = sessions[index]
+                assert session is not None
+                message, response = exchange(now)
+                session.user_messages.append(message)
+                session.agent_responses.append(response)
+                if seed is not None:
+                    session.active_seed_id = seed
+                session.updated_at = now
+                await store.save_session(session)
+
+            return append
+
+        append, append_changing_seed = appending(kept, None), appending(changed, "seed-2")
 
         async def append_by_id(index: int) -> None:
             message, response = exchange(now)

@@ -305,15 +305,17 @@ class PostgresRunner:
                         operation, body, _BEGIN_WRITE, rerun=rerun
                     )
             except DatabaseBusyError as error:
-                _report(operation, [], started, failed=True)
+                _telemetry.transaction_done("postgresql", operation, [], started, None, failed=True)
                 if not retries or _sqlstate(error) != _DEADLOCK:
                     raise
                 retries -= 1  # a deadlock victim committed nothing: run it again
             except BaseException:
-                _report(operation, [], started, failed=True)
+                _telemetry.transaction_done("postgresql", operation, [], started, None, failed=True)
                 raise
             else:
-                _report(operation, [trace], started, failed=False)
+                _telemetry.transaction_done(
+                    "postgresql", operation, [trace], started, None, failed=False
+                )
                 return result
 
     def submit_batched(
@@ -369,7 +371,9 @@ class PostgresRunner:
                     first.operation, body, _BEGIN_BATCH if len(batch) > 1 else _BEGIN_WRITE
                 )
         except BaseException as error:
-            _report(first.operation, [None] * len(batch), started, failed=True)
+            _telemetry.transaction_done(
+                "postgresql", first.operation, [None] * len(batch), started, None, failed=True
+            )
             if len(batch) > 1 and _one_save_could_cause(error):
                 # Find the failing (or waiting) save: every other one commits alone.
                 await asyncio.gather(*(self._commit([save]) for save in batch))
@@ -382,7 +386,10 @@ class PostgresRunner:
             if not isinstance(error, Exception):
                 raise
             return
-        _report(first.operation, [save.trace for save in batch], started, failed=False)
+        traces = [save.trace for save in batch]
+        _telemetry.transaction_done(
+            "postgresql", first.operation, traces, started, None, failed=False
+        )
         for save in batch:
             _settle(save, None)
 
@@ -400,20 +407,6 @@ class PostgresRunner:
     async def close(self) -> None:
         while self._writes:  # reads too
             await asyncio.gather(*self._writes, return_exceptions=True)
-
-
-def _report(
-    operation: str, traces: list[_telemetry.Trace | None], started: float, *, failed: bool
-) -> None:
-    """Tell telemetry and the log what one transaction of ``len(traces)`` writes did
-    (rows written are not counted on PostgreSQL)."""
-    ended = time.monotonic()
-    for trace in traces:
-        if trace is not None and not failed:
-            trace.committed(started, ended, len(traces), None)
-    _telemetry.transaction_done(
-        "postgresql", operation, max(1, len(traces)), ended - started, None, failed
-    )
 
 
 def _finish(trace: _telemetry.Trace, done: asyncio.Future[Any]) -> None:

@@ -416,31 +416,20 @@ class SQLiteRunner:
 
     def _transaction(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
         started, changes = time.monotonic(), tx.connection.total_changes
+        failed = True
         try:
             results = self._transaction_now(tx, batch)
-        except BaseException:
-            self._report(tx, batch, started, changes, failed=True)
-            raise
-        self._report(tx, batch, started, changes, failed=False)
-        return results
-
-    @staticmethod
-    def _report(
-        tx: SQLiteTx, batch: list[_Job], started: float, changes: int, *, failed: bool
-    ) -> None:
-        """Tell telemetry and the log what one transaction did."""
-        ended = time.monotonic()
-        try:
-            rows = tx.connection.total_changes - changes
-        except sqlite3.Error:  # the connection is gone: the count is unknown, no more
-            return
-        if not failed:
-            for job in batch:
-                if job.trace is not None:
-                    job.trace.committed(started, ended, len(batch), rows)
-        _telemetry.transaction_done(
-            "sqlite", batch[0].operation, len(batch), ended - started, rows, failed
-        )
+            failed = False
+            return results
+        finally:
+            try:
+                rows: int | None = tx.connection.total_changes - changes
+            except sqlite3.Error:  # the connection is gone: the count is unknown
+                rows = None
+            traces = [job.trace for job in batch]
+            _telemetry.transaction_done(
+                "sqlite", batch[0].operation, traces, started, rows, failed=failed
+            )
 
     def _transaction_now(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
         connection = tx.connection

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 try:
@@ -163,9 +163,22 @@ def queued(system: str, writes: int) -> None:
 
 @_quiet
 def transaction_done(
-    system: str, operation: str, batch_size: int, seconds: float, rows: int | None, failed: bool
+    system: str,
+    operation: str,
+    traces: Sequence[Trace | None],
+    started: float,
+    rows: int | None,
+    *,
+    failed: bool,
 ) -> None:
-    """Record one write transaction: metrics, and a DEBUG log record."""
+    """Record one write transaction of ``len(traces)`` writes, begun at ``started`` (the
+    monotonic clock) and over now: each committed write's span, metrics, a DEBUG log."""
+    ended = time.monotonic()
+    seconds, batch_size = ended - started, max(1, len(traces))
+    if not failed:
+        for trace in traces:
+            if trace is not None:
+                trace.committed(started, ended, batch_size, rows)
     if ENABLED:
         attributes = {"db.system": system}
         _instrument("statestore.batch.size").record(batch_size, attributes)

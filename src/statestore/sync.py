@@ -93,13 +93,16 @@ class SyncStateStore:
             raise
         return cls(store, loop, thread)
 
-    def _run(self, work: Callable[[], Awaitable[ResultT]]) -> ResultT:
-        """Run ``work()`` on the store's loop and wait for its result."""
+    def _refuse_own_thread(self, done: str, why: str) -> None:
         if threading.current_thread() is self._thread:
             raise ReentrantWriteError(
-                "a SyncStateStore was called from its own thread (inside update_session_with's "
-                "fn or a progress callback): that call would wait for itself forever"
+                f"a SyncStateStore was {done} from its own thread (inside "
+                f"update_session_with's fn or a progress callback): {why}"
             )
+
+    def _run(self, work: Callable[[], Awaitable[ResultT]]) -> ResultT:
+        """Run ``work()`` on the store's loop and wait for its result."""
+        self._refuse_own_thread("called", "that call would wait for itself forever")
         with self._closing:
             if self._closed:
                 raise StoreClosedError("the store is closed")
@@ -121,11 +124,7 @@ class SyncStateStore:
             ReentrantWriteError: Called from the store's own thread (inside
                 ``update_session_with``'s fn or a progress callback).
         """
-        if threading.current_thread() is self._thread:
-            raise ReentrantWriteError(
-                "a SyncStateStore was closed from its own thread (inside update_session_with's "
-                "fn or a progress callback): closing waits for that very call"
-            )
+        self._refuse_own_thread("closed", "closing waits for that very call")
         with self._closing:
             closing_here = not self._closed
             self._closed = True  # no call starts from here on
