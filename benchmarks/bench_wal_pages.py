@@ -7,11 +7,11 @@ reads the WAL's frame headers and names the b-tree each page belongs to (SQLite'
 ``dbstat`` table). Figures are averages over many runs of the operation and do not depend
 on the machine's speed.
 
-Two schemas, in one run: revision 0004 (every session index full) and head (0005: the
-indexes on a session's project, seed and persona hold only the sessions that have one).
-Two kinds of save: an append that keeps the session's own fields (the row is updated
-without them), and an append that also changes ``active_seed_id``, which rewrites the
-whole row, as every save did before head.
+Two databases at head, in one run: one as migrated, and one with the full-text search
+index's triggers dropped (revision 0006), so that the pages the search index adds to each
+write show beside the rest. Two kinds of save: an append that keeps the session's own
+fields (the row is updated without them), and an append that also changes
+``active_seed_id``, which rewrites the whole row.
 
 Run:  python benchmarks/bench_wal_pages.py           (100 runs of each operation)
       python benchmarks/bench_wal_pages.py --quick   (10 runs)
@@ -37,7 +37,12 @@ QUESTION = "How do I keep an agent's conversation state when the service restart
 ANSWER = "Persist each exchange as it happens, and load the session on the next request. " * 4
 SEEDED = 400
 HISTORY = 10
-REVISIONS = ("0004", "head")
+SCHEMAS = ("without search", "head")
+SEARCH_TRIGGERS = [
+    f"{table}_search_{event}"
+    for table in ("messages", "responses")
+    for event in ("insert", "delete", "update")
+]
 
 
 def exchange(at: datetime) -> tuple[UserMessage, AgentResponse]:
@@ -105,18 +110,14 @@ async def measure(
     return written
 
 
-async def operations(folder: Path, revision: str, runs: int) -> dict[str, Counter[str]]:
-    """Seed a database at ``revision`` and count the pages of each operation on it."""
-    path = folder / f"{revision}.db"
+async def operations(folder: Path, schema: str, runs: int) -> dict[str, Counter[str]]:
+    """Seed a database with ``schema`` and count the pages of each operation on it."""
+    path = folder / f"{schema}.db"
     await migrate.upgrade(path)
-    if revision != "head":
-        # Revision 0004's indexes under the head stamp, so that this statestore opens it.
-        await migrate.downgrade(path, revision)
+    if schema != "head":
         with sqlite3.connect(path) as connection:
-            connection.execute(
-                "UPDATE statestore_alembic_version SET version_num = ?",
-                (migrate.head_revision(),),
-            )
+            for trigger in SEARCH_TRIGGERS:
+                connection.execute(f"DROP TRIGGER {trigger}")
     start = datetime(2026, 3, 1, tzinfo=UTC)
     async with StateStore.open(path) as store:
         for first in range(0, SEEDED, 100):
@@ -176,19 +177,17 @@ async def main() -> None:
     arguments = parser.parse_args()
     runs = 10 if arguments.quick else 100
     with tempfile.TemporaryDirectory() as folder:
-        measured = {
-            revision: await operations(Path(folder), revision, runs) for revision in REVISIONS
-        }
+        measured = {schema: await operations(Path(folder), schema, runs) for schema in SCHEMAS}
     if arguments.json:
         print(
             json.dumps({r: {op: dict(c) for op, c in ops.items()} for r, ops in measured.items()})
         )
         return
     print(f"WAL pages per operation, average of {runs} runs ({SEEDED} sessions stored)\n")
-    print("| operation | revision 0004 | head | head / 0004 | b-trees written at head |")
+    print("| operation | without search | head | head / without | b-trees written at head |")
     print("|---|---|---|---|---|")
     for name, at_head in measured["head"].items():
-        before = sum(measured["0004"][name].values()) / runs
+        before = sum(measured["without search"][name].values()) / runs
         after = sum(at_head.values()) / runs
         btrees = ", ".join(f"{tree} {count / runs:.1f}" for tree, count in sorted(at_head.items()))
         print(f"| {name} | {before:.1f} | {after:.1f} | {after / before:.2f}x | {btrees} |")

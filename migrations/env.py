@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from statestore._engine import create_engine, resolve_url
 from statestore._schema import metadata
-from statestore.migrate import VERSION_TABLE, check_foreign_keys, migrating
+from statestore.migrate import VERSION_TABLE, check_foreign_keys, migrating, schema_tables_only
 
 config = context.config
 if config.config_file_name is not None and "connection" not in config.attributes:
@@ -31,6 +31,7 @@ def _configure(**options: object) -> None:
         version_table=VERSION_TABLE,
         render_as_batch=True,
         compare_type=True,
+        include_name=schema_tables_only,
         **options,
     )
 

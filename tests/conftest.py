@@ -198,7 +198,7 @@ async def empty_tables(url: URL) -> None:
     connection = await asyncpg.connect(server_dsn(url.database))
     try:
         await connection.execute(
-            "TRUNCATE sessions, messages, responses, documents; "
+            "TRUNCATE sessions, messages, responses, documents, search_entries RESTART IDENTITY; "
             "UPDATE statestore_counters SET value = 0"
         )
     finally:

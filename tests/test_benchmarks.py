@@ -52,8 +52,9 @@ def test_import_benchmark_runs_and_reports_every_operation() -> None:
 
 
 def test_wal_page_benchmark_shows_what_an_append_leaves_unwritten() -> None:
-    """bench_wal_pages.py --quick --json: at head an append writes no index of the columns it
-    keeps, nor the project index of a session without one; at 0004 it wrote that index."""
+    """bench_wal_pages.py --quick --json: an append writes no index of the columns it keeps,
+    nor the project or persona index of a session without one; the search index's pages are
+    its own."""
     result = subprocess.run(
         [sys.executable, "bench_wal_pages.py", "--quick", "--json"],
         cwd=BENCHMARKS,
@@ -64,18 +65,22 @@ def test_wal_page_benchmark_shows_what_an_append_leaves_unwritten() -> None:
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout)
     kept = {
-        "ix_sessions_active_seed_id",
-        "ix_sessions_active_persona_id",
+        "ix_sessions_active_persona_id_updated_at_id",
         "ix_sessions_created_at",
         "ix_sessions_project_id_updated_at_id",
     }
     for append in ("append (save_session)", "append_to_session"):
         assert not kept & set(measured["head"][append]), measured["head"][append]
         assert {"messages", "responses", "sessions"} <= set(measured["head"][append])
-    assert "ix_sessions_project_id_updated_at_id" in measured["0004"]["append (save_session)"]
-    assert "ix_sessions_active_seed_id" in measured["head"]["append changing the seed"]
-    assert sum(measured["head"]["create an empty session"].values()) < sum(
-        measured["0004"]["create an empty session"].values()
+    search = {"search_entries", "search_text_data", "search_text_idx"}
+    for append in ("append (save_session)", "append_to_session"):
+        assert {"search_entries", "search_text_data"} <= set(measured["head"][append])
+        assert not search & set(measured["without search"][append])
+    assert (
+        "ix_sessions_active_seed_id_updated_at_id" in measured["head"]["append changing the seed"]
+    )
+    assert sum(measured["head"]["create an empty session"].values()) == sum(
+        measured["without search"]["create an empty session"].values()
     )
 
 
@@ -169,3 +174,33 @@ def test_counter_shards_benchmark_reports_both_countings() -> None:
     ]
     for row in rows:
         assert float(row.split("|")[2].replace(",", "")) > 0
+
+
+def test_features_benchmark_reports_every_figure() -> None:
+    """bench_features.py --quick exits 0 with a row per store built and per search, fork,
+    listing filter and write measured, each measured row ending in a ratio."""
+    rows = table_rows("bench_features.py", "--quick")
+
+    built = ["2,000 messages", "10,000 messages"]
+    measured = [
+        "list newest 50, no filter",
+        'search "quokka": rare term, first page',
+        'search "account": common term, first page of 20',
+        'search "account": common term, second page (after=)',
+        "fork a session of 200 + 200",
+        'active_seed_id="seed-3"',
+        'active_persona_id="persona-3"',
+        'forks_of="long-session"',
+        "created_after + created_before",
+        "updated_after",
+        'metadata={"tier": "gold"}',
+        'user_id="user-7" + metadata={"tier": "gold"}',
+        "append_to_session, 1 message + 1 response",
+        "save_session of a loaded session after 1 exchange",
+        "fork_session of 200 + 200",
+    ]
+    for figure in built + measured:
+        assert any(row.startswith(f"| {figure}") for row in rows), figure
+    for row in rows:
+        if any(row.startswith(f"| {figure}") for figure in measured):
+            assert row.split("|")[-2].strip().endswith("x"), row

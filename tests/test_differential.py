@@ -1,9 +1,10 @@
 """SQLite and PostgreSQL give the same answers to the same random sequence of operations.
 
 Each example runs one sequence on a SQLite store and a PostgreSQL store side by side and
-compares what every step returns or raises: loads, listings, prune counts, document
-listings, and errors (type and message), so a difference the backends force (NUL
-characters, say) must have been made the same clear error on both.
+compares what every step returns or raises: loads, listings (filtered and paged too),
+forks, searches (pages of hits with their snippets), prune counts, document listings, and
+errors (type and message), so a difference the backends force (NUL characters, say) must
+have been made the same clear error on both.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from statestore import (
     StateStoreError,
     UserMessage,
 )
+from statestore.models import format_timestamp
 from tests.conftest import empty_tables, run_apart
 
 pytestmark = pytest.mark.postgresql
@@ -39,6 +41,15 @@ TEXT = st.text(st.characters(codec="utf-8"), max_size=20)  # NUL included: both 
 MOMENTS = st.integers(0, 10_000).map(lambda seconds: T0 + timedelta(seconds=seconds))
 CATEGORIES = st.sampled_from(["notes", "memory/notes", "sessions"])
 NAMES = st.sampled_from(["n1", "n2", "a%b"])
+WORDS = st.sampled_from(["refund", "Refund", "policy", "order", "don't", "état", "42", "x_y"])
+CONTENT = TEXT | st.lists(WORDS, min_size=1, max_size=5).map(" ".join)
+QUERIES = st.lists(
+    WORDS | st.sampled_from(["OR", "-policy", "ref*", '"refund policy"', "(", '"']),
+    min_size=1,
+    max_size=4,
+).map(" ".join)
+SEEDS = st.none() | st.sampled_from(["seed-1", "seed-2"])
+TIERS = st.none() | st.sampled_from(["gold", 1, 1.0, True])
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | TEXT,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
@@ -46,8 +57,33 @@ JSON_VALUES = st.recursive(
 )
 
 OPERATIONS = st.one_of(
-    st.tuples(st.just("save"), SESSION_IDS, USERS, st.lists(TEXT, max_size=3), MOMENTS),
-    st.tuples(st.just("append"), SESSION_IDS, TEXT, MOMENTS),
+    st.tuples(
+        st.just("save"), SESSION_IDS, USERS, st.lists(CONTENT, max_size=3), MOMENTS, SEEDS, TIERS
+    ),
+    st.tuples(st.just("append"), SESSION_IDS, CONTENT, MOMENTS),
+    st.tuples(
+        st.just("fork"),
+        SESSION_IDS,
+        st.none() | st.integers(0, 3),
+        st.sampled_from(["f1", "f2", "a"]),
+        MOMENTS,
+    ),
+    st.tuples(
+        st.just("search"),
+        QUERIES,
+        st.none() | USERS,
+        st.none() | SESSION_IDS,
+        st.integers(1, 4),
+    ),
+    st.tuples(
+        st.just("list_filtered"),
+        SEEDS,
+        st.none() | st.sampled_from(["a", "b", "f1"]),
+        st.none() | MOMENTS,
+        st.none() | MOMENTS,
+        st.none() | TIERS,
+        st.none() | st.integers(1, 3),
+    ),
     st.tuples(st.just("update_with"), SESSION_IDS, TEXT),
     st.tuples(st.just("get_or_create"), USERS, SESSION_IDS),
     st.tuples(st.just("load"), SESSION_IDS),
@@ -68,8 +104,15 @@ async def apply(store: StateStore, operation: tuple[Any, ...]) -> Any:
     """Run one operation and return what an observer sees of it."""
     kind, *args = operation
     if kind == "save":
-        session_id, user_id, contents, moment = args
-        session = Session(id=session_id, user_id=user_id, created_at=moment, updated_at=moment)
+        session_id, user_id, contents, moment, seed, tier = args
+        session = Session(
+            id=session_id,
+            user_id=user_id,
+            created_at=moment,
+            updated_at=moment,
+            active_seed_id=seed,
+            metadata={} if tier is None else {"tier": tier},
+        )
         for content in contents:
             session.user_messages.append(UserMessage(content=content, timestamp=moment))
             session.agent_responses.append(
@@ -86,6 +129,37 @@ async def apply(store: StateStore, operation: tuple[Any, ...]) -> Any:
         loaded.updated_at = max(loaded.updated_at, moment)
         await store.save_session(loaded)
         return len(loaded.user_messages)
+    if kind == "fork":
+        session_id, up_to, new_id, moment = args
+        fork = await store.fork_session(session_id, up_to=up_to, new_id=new_id)
+        # The fork is made now, which differs between the backends: give it a time both share.
+        fork.updated_at = moment
+        fork.forked_at = format_timestamp(moment)
+        await store.save_session(fork)
+        return fork
+    if kind == "search":
+        query, user_id, session_id, limit = args
+        pages = []
+        after = None
+        for _ in range(3):
+            hits = await store.search_messages(
+                query, user_id=user_id, session_id=session_id, limit=limit, after=after
+            )
+            pages.append([hit.model_copy(update={"entry_id": 0}) for hit in hits])
+            if len(hits) < limit:
+                break
+            after = hits[-1]
+        return pages
+    if kind == "list_filtered":
+        seed, forks_of, created_after, updated_before, tier, limit = args
+        return await store.list_sessions(
+            active_seed_id=seed,
+            forks_of=forks_of,
+            created_after=created_after,
+            updated_before=updated_before,
+            metadata=None if tier is None else {"tier": tier},
+            limit=limit,
+        )
     if kind == "update_with":
         session_id, value = args
         updated = await store.update_session_with(
@@ -177,7 +251,7 @@ def test_nul_characters_are_the_same_error_on_both(tmp_path: Path, postgresql_ur
     sqlite_path = tmp_path / "nul.db"
     operations: list[tuple[Any, ...]] = [
         ("save_markdown", "notes", "n1", "a\x00b"),
-        ("save", "a", "u1", ["x\x00"], T0),
+        ("save", "a", "u1", ["x\x00"], T0, None, None),
         ("save_json", "notes", "n1", {"k": "\x00"}),
     ]
     with asyncio.Runner() as runner:
@@ -189,6 +263,40 @@ def test_nul_characters_are_the_same_error_on_both(tmp_path: Path, postgresql_ur
                 assert expected[0] == "InvalidDataError", expected
                 assert "NUL" in expected[1]
                 assert runner.run(observe(on_postgresql, operation)) == expected
+        finally:
+            runner.run(on_sqlite.close())
+            runner.run(on_postgresql.close())
+
+
+def test_searches_forks_and_filters_answer_alike(tmp_path: Path, postgresql_url: URL) -> None:
+    """A scripted sequence whose searches, forks and filtered listings find something gives
+    the same (non-empty) answers on both backends."""
+    sqlite_path = tmp_path / "features.db"
+    operations: list[tuple[Any, ...]] = [
+        ("save", "a", "u1", ["refund policy", "don't order", "état 42"], T0, "seed-1", "gold"),
+        ("save", "b", "u2", ["Refund x_y", "policy"], T0 + timedelta(1), "seed-2", 1),
+        ("fork", "a", 2, "f1", T0 + timedelta(2)),
+        ("append", "f1", "refund again", T0 + timedelta(3)),
+        ("search", "refund", None, None, 2),
+        ("search", '"refund policy" OR état -order', "u1", None, 3),
+        ("search", "ref* OR 42", None, "a", 1),
+        ("list_filtered", "seed-1", None, None, None, None, None),
+        ("list_filtered", None, "a", None, None, "gold", 1),
+        ("list_filtered", None, None, T0 - timedelta(1), T0 + timedelta(5), 1.0, None),
+        ("delete", "a"),
+        ("search", "refund", None, None, 4),
+        ("list_filtered", None, "a", None, None, None, None),
+    ]
+    with asyncio.Runner() as runner:
+        on_sqlite, on_postgresql = runner.run(_open_both(sqlite_path, postgresql_url))
+        try:
+            reset(sqlite_path, postgresql_url)
+            for step, operation in enumerate(operations):
+                expected = runner.run(observe(on_sqlite, operation))
+                if operation[0] in ("search", "list_filtered", "fork"):
+                    assert expected, (step, operation)
+                    assert expected != [[]], (step, operation)
+                assert runner.run(observe(on_postgresql, operation)) == expected, (step, operation)
         finally:
             runner.run(on_sqlite.close())
             runner.run(on_postgresql.close())

@@ -14,7 +14,7 @@ from statestore import migrate
 from statestore._schema import metadata
 
 HOST_PROJECT = Path(__file__).parent / "host_project"
-STATESTORE_TABLES = {*metadata.tables, migrate.VERSION_TABLE}
+STATESTORE_TABLES = {*metadata.tables, *migrate.SEARCH_TABLES, migrate.VERSION_TABLE}
 
 
 @pytest.fixture

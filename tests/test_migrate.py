@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,19 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-from statestore import SchemaVersionError, Session, StateStore, StateStoreError, migrate
+from statestore import (
+    SchemaVersionError,
+    Session,
+    StateStore,
+    StateStoreError,
+    UserMessage,
+    migrate,
+)
 from statestore._rows import SQLITE_TIME, message_rows, response_rows, session_row
 
 from .conftest import SAMPLE_DIR
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 HEAD = migrate.head_revision()
 FIRST = "0001"
@@ -39,7 +49,8 @@ def fill_at_first_revision(path: Path, stored: list[Session]) -> None:
     with sqlite3.connect(path) as connection:
         for session in stored:
             row = session_row(session, time, state_token=0)
-            del row["state_token"], row["unset_fields"]
+            for later in ("state_token", "unset_fields", "parent_session_id", "forked_at"):
+                del row[later]
             names = ", ".join(row)
             values = ", ".join(f":{name}" for name in row)
             connection.execute(f"INSERT INTO sessions ({names}) VALUES ({values})", row)
@@ -167,6 +178,53 @@ async def test_upgrade_keeps_every_row_and_sessions_load_identically(db_path: Pa
             assert await store.load_session(session.id) == session
         assert await store.load_markdown("memory/notes", "n") == "# note"
         assert len(await store.list_sessions()) == len(stored)
+
+
+async def test_upgrade_indexes_stored_texts_and_lineage(db_path: Path) -> None:
+    """Revision 0006 indexes every text stored before it (oldest first) and fills the
+    lineage columns of sessions that carried the service's lineage fields."""
+    stored = sample_sessions()
+    parent = stored[0]
+    child = Session(
+        id="child",
+        user_id="u",
+        parent_session_id=parent.id,
+        forked_at="2026-03-02T10:00:00.5Z",
+        user_messages=[UserMessage(content="the forked needle", timestamp=T0)],
+    )
+    odd = Session(id="odd", user_id="u", parent_session_id=None, forked_at="not a time")
+    await migrate.upgrade(db_path, "0005")
+    fill_at_first_revision(db_path, [*stored, child, odd])
+
+    await migrate.upgrade(db_path)
+
+    async with StateStore.open(db_path) as store:
+        texts = sum(len(s.user_messages) + len(s.agent_responses) for s in [*stored, child])
+        assert await store.rebuild_search_index() == texts  # what 0006 indexed, recounted
+        assert [hit.session_id for hit in await store.search_messages("needle")] == ["child"]
+        [summary] = await store.list_sessions(forks_of=parent.id)
+        assert summary.id == "child"
+        assert await store.load_session("child") == child
+        assert await store.load_session("odd") == odd
+    with sqlite3.connect(db_path) as connection:
+        lineage = dict(
+            connection.execute("SELECT id, forked_at FROM sessions WHERE id IN ('child', 'odd')")
+        )
+    assert lineage == {"child": "2026-03-02 10:00:00.500000", "odd": None}
+
+
+async def test_upgrade_indexes_what_was_stored_before_in_timestamp_order(db_path: Path) -> None:
+    """Texts stored before 0006 get entries in the order of their timestamps."""
+    session = Session(id="s", user_id="u")
+    for minutes in (30, 10, 20):
+        at = T0 + timedelta(minutes=minutes)
+        session.user_messages.append(UserMessage(content=f"word {minutes}", timestamp=at))
+    await migrate.upgrade(db_path, "0005")
+    fill_at_first_revision(db_path, [session])
+    await migrate.upgrade(db_path)
+    async with StateStore.open(db_path) as store:
+        hits = await store.search_messages("word")
+    assert [hit.position for hit in hits] == [0, 2, 1]
 
 
 async def test_downgrade_keeps_rows_and_upgrade_again_round_trips(db_path: Path) -> None:

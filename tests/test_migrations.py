@@ -21,7 +21,7 @@ from statestore.migrate import VERSION_TABLE, alembic_config
 from tests.conftest import server_dsn
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = set(metadata.tables)
+TABLES = set(metadata.tables) | migrate.SEARCH_TABLES
 
 
 def tables(path: Path) -> set[str]:
@@ -101,7 +101,12 @@ async def test_models_and_migrations_agree(db_path: Path) -> None:
 
         def diff(sync_connection: Connection) -> list[object]:
             context = MigrationContext.configure(
-                sync_connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+                sync_connection,
+                opts={
+                    "compare_type": True,
+                    "version_table": VERSION_TABLE,
+                    "include_name": migrate.schema_tables_only,
+                },
             )
             return list(compare_metadata(context, metadata))
 
@@ -173,22 +178,38 @@ PARTIAL_INDEXES = {
     "ix_sessions_active_seed_id": "active_seed_id",
     "ix_sessions_active_persona_id": "active_persona_id",
 }
+"""Revision 0005's partial indexes."""
+
+HEAD_PARTIAL_INDEXES = {
+    "ix_sessions_project_id_updated_at_id": "project_id",
+    "ix_sessions_active_seed_id_updated_at_id": "active_seed_id",
+    "ix_sessions_active_persona_id_updated_at_id": "active_persona_id",
+    "ix_sessions_parent_session_id_updated_at_id": "parent_session_id",
+}
+"""Revision 0006's: the listing indexes end in (updated_at, id)."""
 
 
-async def index_definitions(target: Path | URL) -> dict[str, str]:
-    """The SQL of each of PARTIAL_INDEXES, as the database reports it."""
+async def index_definitions(target: Path | URL, names: dict[str, str]) -> dict[str, str]:
+    """The SQL of each index in ``names``, as the database reports it."""
     if isinstance(target, Path):
         with sqlite3.connect(target) as connection:
             rows = connection.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
-            return {name: sql for name, sql in rows if name in PARTIAL_INDEXES}
+            return {name: sql for name, sql in rows if name in names}
     connection = await asyncpg.connect(server_dsn(target.database))
     try:
         rows = await connection.fetch("SELECT indexname, indexdef FROM pg_indexes")
     finally:
         await connection.close()
-    return {
-        row["indexname"]: row["indexdef"] for row in rows if row["indexname"] in PARTIAL_INDEXES
-    }
+    return {row["indexname"]: row["indexdef"] for row in rows if row["indexname"] in names}
+
+
+def assert_partial(definitions: dict[str, str], names: dict[str, str]) -> None:
+    """Each index in ``names`` exists and holds only rows where its column is set."""
+    assert sorted(definitions) == sorted(names)
+    for name, column in names.items():
+        assert f"WHERE {column} IS NOT NULL".lower() in definitions[name].lower().replace(
+            "(", ""
+        ).replace(")", ""), definitions[name]
 
 
 @pytest.mark.parametrize(
@@ -197,7 +218,8 @@ async def index_definitions(target: Path | URL) -> dict[str, str]:
 async def test_0005_makes_the_optional_column_indexes_partial_and_keeps_rows(
     backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Up from 0004 the three indexes skip NULLs and every session stays; down, full again."""
+    """Up from 0004 the three indexes skip NULLs (and 0006 extends them and adds the
+    parent's); down to 0004 and 0005, each revision's indexes are back; no session is lost."""
     if backend_name == "sqlite":
         target: Path | URL = tmp_path / "state.db"
     else:
@@ -210,20 +232,19 @@ async def test_0005_makes_the_optional_column_indexes_partial_and_keeps_rows(
             if index % 2:
                 session.metadata["project_ids"] = "p"
             await store.save_session(session)
-    definitions = await index_definitions(target)
-    for name, column in PARTIAL_INDEXES.items():
-        assert f"WHERE {column} IS NOT NULL".lower() in definitions[name].lower().replace(
-            "(", ""
-        ).replace(")", ""), definitions[name]
+    assert_partial(await index_definitions(target, HEAD_PARTIAL_INDEXES), HEAD_PARTIAL_INDEXES)
 
+    await migrate.downgrade(target, "0005")
+    assert_partial(await index_definitions(target, PARTIAL_INDEXES), PARTIAL_INDEXES)
     await migrate.downgrade(target, "0004")
-    definitions = await index_definitions(target)
+    definitions = await index_definitions(target, PARTIAL_INDEXES)
     assert sorted(definitions) == sorted(PARTIAL_INDEXES)
     assert not any("where" in sql.lower() for sql in definitions.values()), definitions
     await migrate.upgrade(target)
     async with StateStore.open(target) as store:
         assert len(await store.list_sessions()) == 4
         assert [s.id for s in await store.list_sessions(project_id="p")] == ["s3", "s1"]
+        assert [s.id for s in await store.list_sessions(active_seed_id="seed-1")] == ["s3", "s1"]
 
 
 def test_head_revision_is_the_newest_script() -> None:

@@ -684,6 +684,7 @@ def test_session_summary_fields() -> None:
         "project_id",
         "created_at",
         "updated_at",
+        "parent_session_id",
     ]
 
 

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import URL, text
 
-from statestore import AgentResponse, Session, StateStore, UserMessage, _sql, migrate
+from statestore import AgentResponse, Session, StateStore, UserMessage, _search, _sql, migrate
 from statestore._engine import create_engine
-from statestore._rows import SQLITE_TIME
+from statestore._listing import SessionFilter
+from statestore._rows import POSTGRESQL_TIME, SQLITE_TIME
+from statestore._search import parse_query
 from tests.conftest import own_database, run_apart
 from tests.test_listing import T0
 
@@ -49,8 +51,12 @@ async def analysed_db(db_path: Path) -> Path:
                 id=f"s{index:04d}",
                 user_id=f"user-{index % 10}",
                 active_seed_id=f"seed-{index % 20}",
+                active_persona_id=f"persona-{index % 7}" if index % 2 else None,
+                metadata={"tier": ["gold", "silver", "bronze"][index % 3]},
                 created_at=at,
             )
+            if index % 10 == 9:
+                session.parent_session_id = f"s{index - 1:04d}"
             for turn in range(3):
                 session.user_messages.append(UserMessage(content="q", timestamp=at))
                 session.agent_responses.append(
@@ -101,7 +107,7 @@ def test_sqlite_time_ranges_search_the_created_at_index(analysed_db: Path, table
         ),
         pytest.param(
             "SELECT id FROM sessions WHERE active_seed_id = 'seed-1'",
-            "ix_sessions_active_seed_id",
+            "ix_sessions_active_seed_id_updated_at_id",
             id="sessions-of-a-seed",
         ),
     ],
@@ -115,27 +121,127 @@ def test_sqlite_analytics_group_bys_read_an_index(
     assert not any("USE TEMP B-TREE" in line for line in plan), plan
 
 
+# Each listing filter, as list_sessions builds it (page of 50), with values the data holds.
+LISTING_FILTERS = {
+    "seed": SessionFilter(active_seed_id="seed-3"),
+    "persona": SessionFilter(active_persona_id="persona-3"),
+    "forks-of": SessionFilter(forks_of="s0008"),
+    "created-range": SessionFilter(created_after=SINCE, created_before=UNTIL),
+    "updated-after": SessionFilter(updated_after=UNTIL),
+    "user-and-seed": SessionFilter(user_id="user-3", active_seed_id="seed-3"),
+    "metadata": SessionFilter(metadata=(("tier", "gold"),)),
+    "user-and-metadata": SessionFilter(user_id="user-3", metadata=(("tier", "gold"),)),
+}
+
+LISTING_INDEXES = {
+    "seed": "ix_sessions_active_seed_id_updated_at_id",
+    "persona": "ix_sessions_active_persona_id_updated_at_id",
+    "forks-of": "ix_sessions_parent_session_id_updated_at_id",
+    "created-range": "ix_sessions_created_at",
+    "updated-after": "ix_sessions_updated_at_id",
+    "user-and-seed": "ix_sessions_",
+    "metadata": "ix_sessions_updated_at_id",
+    "user-and-metadata": "ix_sessions_user_id_updated_at_id",
+}
+"""The index each filter's listing reads. Seed, persona and parent indexes end in
+(updated_at, id), as the user's does: a page reads its rows in order. A creation-time
+range picks its rows from created_at and sorts them; metadata has no index: it is checked
+row by row along the index of the other filters, newest first, until a page is full
+(documented in the README)."""
+
+SORTED_BY_UPDATE = {"created-range"}
+
+
+@pytest.mark.parametrize("name", sorted(LISTING_FILTERS))
+def test_sqlite_listing_filters_read_their_index(analysed_db: Path, name: str) -> None:
+    """Every listing filter reads an index, never the whole table; only the filters whose
+    index holds no update time sort, and then only the rows it gave."""
+    filters = LISTING_FILTERS[name]
+    params = filters.params("sqlite", SQLITE_TIME) | {"limit": 50}
+    plan = sqlite_plan(analysed_db, filters.statement("sqlite", 50, after=False), params)
+    assert any(LISTING_INDEXES[name] in line for line in plan), plan
+    assert not any(line.startswith("SCAN sessions") and "INDEX" not in line for line in plan), plan
+    assert any("USE TEMP B-TREE" in line for line in plan) == (name in SORTED_BY_UPDATE), plan
+
+
+def test_sqlite_search_reads_the_index_newest_first(analysed_db: Path) -> None:
+    """A search walks the FTS5 index in entry order (no sort) and reads each hit's text by
+    its key."""
+    statement, params = search_statement("sqlite", user_id=None)
+    plan = sqlite_plan(analysed_db, statement, params)
+    assert any("VIRTUAL TABLE INDEX" in line for line in plan), plan
+    assert not any("USE TEMP B-TREE" in line for line in plan), plan
+    assert not any(line.startswith("SCAN") and "VIRTUAL" not in line for line in plan), plan
+
+
+def test_sqlite_search_in_a_session_reads_that_sessions_entries(analysed_db: Path) -> None:
+    """With a session id, the search reads that session's entries by their key and checks
+    each against the words, rather than walking every match in the store."""
+    statement, params = search_statement("sqlite", session_id="s0007")
+    plan = sqlite_plan(analysed_db, statement, params)
+    assert any("search_entries_1 (session_id=?)" in line for line in plan), plan
+    assert any("VIRTUAL TABLE INDEX 0:=" in line for line in plan), plan
+
+
+def search_statements(dialect: str, **filters: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The SQL and parameters ``search_messages("question")`` runs on ``dialect`` when it
+    finds nothing (on PostgreSQL: the newest entries first, then every match)."""
+    captured: list[tuple[str, dict[str, Any]]] = []
+
+    class Capture:
+        """A transaction that records the search's statements instead of running them."""
+
+        def __init__(self) -> None:
+            self.dialect = dialect
+            self.time = SQLITE_TIME
+
+        def rows(self, sql: str, params: dict[str, Any]) -> list[Any]:
+            captured.append((sql, params))
+            return []
+
+    _search.search(
+        Capture(),  # type: ignore[arg-type]
+        parse_query("question"),
+        user_id=filters.get("user_id"),
+        session_id=filters.get("session_id"),
+        after=None,
+        limit=20,
+    )
+    return captured
+
+
+def search_statement(dialect: str, **filters: str | None) -> tuple[str, dict[str, Any]]:
+    """The last statement of :func:`search_statements`: the one that finds every match."""
+    return search_statements(dialect, **filters)[-1]
+
+
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
 _FILL = [
     """
-    INSERT INTO sessions (id, user_id, project_id, message_count, response_count, created_at,
+    INSERT INTO sessions (id, user_id, project_id, active_seed_id, active_persona_id,
+                          parent_session_id, message_count, response_count, created_at,
                           updated_at, metadata, version, state_token)
-    SELECT 's' || n, 'user-' || (n % 500), 'project-' || (n % 20), 10, 10,
+    SELECT 's' || n, 'user-' || (n % 500), 'project-' || (n % 20), 'seed-' || (n % 200),
+           CASE WHEN n % 2 = 1 THEN 'persona-' || (n % 300) END,
+           CASE WHEN n % 10 = 9 THEN 's' || (n - 1) END, 10, 10,
            {t0} + n * interval '1 minute', {t0} + n * interval '1 minute' + interval '5 minutes',
-           '{}', 1, n
+           CAST('{"tier": "' || (ARRAY['gold', 'silver', 'bronze'])[n % 3 + 1] || '"}' AS json),
+           1, n
     FROM generate_series(1, 5000) AS n
     """,
     """
     INSERT INTO messages (session_id, position, content, created_at)
-    SELECT 's' || n, p, 'question', {t0} + n * interval '1 minute' + p * interval '10 seconds'
+    SELECT 's' || n, p, 'question about topic' || (n % 997) || ' ' || md5(n::text || p::text),
+           {t0} + n * interval '1 minute' + p * interval '10 seconds'
     FROM generate_series(1, 5000) AS n, generate_series(0, 9) AS p
     """,
     """
     INSERT INTO responses (session_id, position, content, seed_id, phase_reached,
                            evaluation_passed, created_at)
-    SELECT 's' || n, p, 'answer', 'seed-' || (p % 3), 'execute', p % 2 = 0,
+    SELECT 's' || n, p, 'answer on topic' || (n % 991) || ' ' || md5(p::text || n::text),
+           'seed-' || (p % 3), 'execute', p % 2 = 0,
            {t0} + n * interval '1 minute' + p * interval '10 seconds' + interval '5 seconds'
     FROM generate_series(1, 5000) AS n, generate_series(0, 9) AS p
     """,
@@ -161,7 +267,9 @@ async def fill(url: URL) -> None:
                 await connection.execute(text(statement), {"t0": T0})
         async with engine.connect() as connection:
             connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.exec_driver_sql("ANALYZE sessions, messages, responses")
+            await connection.exec_driver_sql(
+                "ANALYZE sessions, messages, responses, search_entries"
+            )
     finally:
         await engine.dispose()
 
@@ -224,6 +332,68 @@ PG_QUERIES = [
         for table in sorted(TIME_RANGES)
     ),
 ]
+
+
+PG_LISTING_FILTERS = {
+    "seed": SessionFilter(active_seed_id="seed-3"),
+    "persona": SessionFilter(active_persona_id="persona-3"),
+    "forks-of": SessionFilter(forks_of="s8"),
+    "created-range": SessionFilter(
+        created_after=SINCE + timedelta(days=1), created_before=UNTIL + timedelta(days=1)
+    ),
+    "updated-after": SessionFilter(updated_after=T0 + timedelta(minutes=4900)),
+    "user-and-metadata": SessionFilter(user_id="user-3", metadata=(("tier", "gold"),)),
+}
+PG_LISTING_INDEXES = {
+    **LISTING_INDEXES,
+    "created-range": "ix_sessions_created_at",
+}
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("name", sorted(PG_LISTING_FILTERS))
+async def test_postgresql_listing_filters_read_their_index(
+    filled_postgresql: URL, name: str
+) -> None:
+    """On 5,000 sessions each listing filter reads its index, scanning no table."""
+    filters = PG_LISTING_FILTERS[name]
+    statement = filters.statement("postgresql", 50, after=False).replace(":limit", "50")
+    params = filters.params("postgresql", POSTGRESQL_TIME)
+    nodes = await pg_plan(filled_postgresql, statement, params)
+    assert any(index == PG_LISTING_INDEXES[name] for _, _, index in nodes), nodes
+    assert not any(node_type == "Seq Scan" for node_type, _, _ in nodes), nodes
+
+
+@pytest.mark.postgresql
+async def test_postgresql_search_in_a_session_reads_its_entries(filled_postgresql: URL) -> None:
+    """With a session id, PostgreSQL reads that session's entries by their key."""
+    statement, params = search_statement("postgresql", session_id="s1234")
+    nodes = await pg_plan(filled_postgresql, statement.replace(":limit", "20"), params)
+    assert any(found == "uq_search_entries_session_id_kind_position" for *_, found in nodes), nodes
+    assert not any(node_type == "Seq Scan" for node_type, _, _ in nodes), nodes
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("term", ["question", "nowhere"], ids=["common-term", "rare-term"])
+async def test_postgresql_search_reads_the_newest_entries_then_the_gin_index(
+    filled_postgresql: URL, term: str
+) -> None:
+    """A search first walks the newest entries along the key (a common word fills its
+    page there); a rare word's page is then asked of the GIN index."""
+    (recent, recent_params), (every, every_params) = search_statements("postgresql")
+    nodes = await pg_plan(
+        filled_postgresql,
+        recent.replace(":limit", "20").replace(":recent", str(_search.RECENT_ENTRIES)),
+        {**recent_params, "term_0": term},
+    )
+    assert any(found == "pk_search_entries" for *_, found in nodes), nodes
+    assert not any(node_type == "Seq Scan" for node_type, _, _ in nodes), nodes
+    nodes = await pg_plan(
+        filled_postgresql, every.replace(":limit", "20"), {**every_params, "term_0": term}
+    )
+    if term == "nowhere":  # a common word never gets here: the newest entries held a page
+        assert any(found == "ix_search_entries_document" for *_, found in nodes), nodes
+        assert not any(node_type == "Seq Scan" for node_type, _, _ in nodes), nodes
 
 
 @pytest.mark.postgresql

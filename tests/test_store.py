@@ -256,6 +256,7 @@ async def test_summary_fields_come_from_the_session(store: StateStore) -> None:
         "project_id": "proj-7",
         "created_at": session.created_at,
         "updated_at": session.updated_at,
+        "parent_session_id": None,
     }
 
 

@@ -4,6 +4,7 @@ The public API is what this module exports; everything else is internal.
 """
 
 from statestore import migrate
+from statestore._listing import ListingFilters
 from statestore.errors import (
     ConstraintError,
     DatabaseBusyError,
@@ -15,13 +16,21 @@ from statestore.errors import (
     MigrationError,
     ReentrantWriteError,
     SchemaVersionError,
+    SessionExistsError,
     SessionNotFoundError,
     StateStoreError,
     StorageFullError,
     StoreClosedError,
 )
 from statestore.filestore import ExportReport, ImportReport, SkippedFile
-from statestore.models import AgentResponse, Session, SessionSummary, SessionTail, UserMessage
+from statestore.models import (
+    AgentResponse,
+    SearchHit,
+    Session,
+    SessionSummary,
+    SessionTail,
+    UserMessage,
+)
 from statestore.prune import PruneConfig, PruneThrottle
 from statestore.stats import StoreStats
 from statestore.store import StateStore
@@ -38,12 +47,15 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidDataError",
     "InvalidNameError",
+    "ListingFilters",
     "MigrationError",
     "PruneConfig",
     "PruneThrottle",
     "ReentrantWriteError",
     "SchemaVersionError",
+    "SearchHit",
     "Session",
+    "SessionExistsError",
     "SessionNotFoundError",
     "SessionSummary",
     "SessionTail",

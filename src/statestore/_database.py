@@ -335,6 +335,21 @@ class Database:
 
         return _stored_or(session, _queued_now_or_later(queue))
 
+    def fork(self, source_id: str, new_id: str, up_to: int | None) -> Awaitable[Session]:
+        """Queue a fork of ``source_id`` to ``new_id`` in the source's call order; the
+        result is the fork as stored, or raises :class:`SessionNotFoundError`."""
+        self.check_writable("fork_session")
+        fork = partial(
+            _ops.fork_session,
+            source_id=source_id,
+            new_id=new_id,
+            up_to=up_to,
+            forked_at=datetime.now(UTC),
+            token=_tokens.getrandbits(63),
+        )
+        queued = _queued_now_or_later(partial(self.submit, "fork_session", fork, key=source_id))
+        return _forked(queued, source_id)
+
     def update_with(self, session_id: str, fn: SessionUpdate) -> Awaitable[Session | None]:
         """Queue: load, apply ``fn`` on the loop, and save, in one write transaction (see
         the API). ``fn`` runs once at most: the transaction is never run again."""
@@ -393,6 +408,13 @@ async def _updated(
         return None
     saved: Session = outcome["session"]
     return saved
+
+
+async def _forked(queued: Callable[[], Awaitable[Session | None]], source_id: str) -> Session:
+    fork = await queued()
+    if fork is None:
+        raise SessionNotFoundError(source_id)
+    return fork
 
 
 async def _appended(queued: Callable[[], Awaitable[bool]], session_id: str) -> None:

@@ -12,9 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from statestore import _rows, _sql
+from statestore._listing import SessionFilter
 from statestore._tracking import RowLog
 from statestore._tx import Tx
 from statestore._validate import SESSIONS_CATEGORY
+from statestore.errors import SessionExistsError
 from statestore.models import Session, SessionSummary, SessionTail
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "delete_stale_sessions",
     "delete_user_sessions",
     "documents_in",
+    "fork_session",
     "import_documents",
     "import_sessions",
     "insert_session_if_missing",
@@ -344,30 +347,52 @@ def load_tail(tx: Tx, session_id: str, count: int) -> SessionTail | None:
 def list_summaries(
     tx: Tx,
     *,
-    user_id: str | None,
-    project_id: str | None,
+    filters: SessionFilter,
     after: tuple[datetime, str] | None,
-    updated_before: datetime | None,
     limit: int | None,
 ) -> list[SessionSummary]:
-    """List summaries newest first, filtered by every argument given, at most ``limit``.
+    """List summaries newest first, matching ``filters``, at most ``limit``.
 
     ``after`` is the ``(updated_at, id)`` of the last summary of the previous page.
     """
     time = tx.time
-    params: dict[str, Any] = {
-        "user_id": user_id,
-        "project_id": project_id,
-        "after_updated_at": time.bind(after[0]) if after else None,
-        "after_id": after[1] if after else None,
-        "updated_before": time.bind(updated_before) if updated_before else None,
-        "limit": limit,
-    }
-    asked: dict[str, object] = {"user_id": user_id, "project_id": project_id, "after": after}
-    asked |= {"updated_before": updated_before, "limit": limit}
-    given = {name for name, value in asked.items() if value is not None}
-    rows = tx.rows(_sql.session_summaries(given), params)
+    params = filters.params(tx.dialect, time)
+    if after is not None:
+        params |= {"after_updated_at": time.bind(after[0]), "after_id": after[1]}
+    params["limit"] = limit
+    rows = tx.rows(filters.statement(tx.dialect, limit, after is not None), params)
     return [_rows.summary_from_row(row, time) for row in rows]
+
+
+def fork_session(
+    tx: Tx, source_id: str, new_id: str, up_to: int | None, forked_at: datetime, token: int
+) -> Session | None:
+    """Copy a session and its first ``up_to`` messages and responses (all: ``None``) to
+    ``new_id``, one statement per table; return the fork, or ``None`` if the source is
+    missing. Raises :class:`SessionExistsError` if ``new_id`` is taken."""
+    _count_first(tx)
+    statement = _sql.LOAD_SESSION_FOR_SHARE if tx.dialect == "postgresql" else _sql.LOAD_SESSION
+    rows = tx.rows(statement, {"id": source_id})
+    if not rows:
+        return None
+    source = _sql.SessionRow._make(rows[0])
+    messages, responses = source.message_count, source.response_count
+    if up_to is not None:
+        messages, responses = min(messages, up_to), min(responses, up_to)
+    params = {
+        "source_id": source_id,
+        "new_id": new_id,
+        "message_count": messages,
+        "response_count": responses,
+        "extra": _rows.fork_extra(source.extra, source_id, forked_at),
+        "forked_at": tx.time.bind(forked_at),
+        "state_token": token,
+    }
+    if not tx.run(_sql.FORK_SESSION, params):
+        raise SessionExistsError(new_id)
+    tx.run(_sql.FORK_MESSAGES, params)
+    tx.run(_sql.FORK_RESPONSES, params)
+    return load_session(tx, new_id)
 
 
 def delete_session(tx: Tx, session_id: str) -> bool:

@@ -37,6 +37,7 @@ from statestore.models import (
     SessionTail,
     UserMessage,
     build,
+    format_timestamp,
 )
 
 __all__ = [
@@ -163,12 +164,14 @@ def session_row(session: Session, time: TimeCodec, state_token: int) -> dict[str
         "extra": _extra("session", session),
         "state_token": state_token,
         "unset_fields": _unset_fields(session),
+        **lineage_columns(session.__pydantic_extra__, time),
     }
 
 
 IDENTITY_COLUMNS = ("user_id", "active_seed_id", "active_persona_id", "created_at", "extra")
 """The ``sessions`` columns an append leaves alone: a save that changed none of them (and
-only appended) updates the row without touching their indexes."""
+only appended) updates the row without touching their indexes. The lineage columns come
+from ``extra``, so they are kept with it."""
 
 
 def row_identity(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -185,6 +188,44 @@ def row_identity(row: Mapping[str, Any]) -> tuple[Any, ...]:
 def _stored_identity(row: SessionRow) -> tuple[Any, ...]:
     """The same, of a row as a load reads it."""
     return (row.user_id, row.active_seed_id, row.active_persona_id, row.created_at, row.extra)
+
+
+PARENT_FIELD = "parent_session_id"
+FORKED_AT_FIELD = "forked_at"
+"""The extra session fields that hold a fork's lineage (the service's own names)."""
+
+
+def lineage_columns(extra: Mapping[str, Any] | None, time: TimeCodec) -> dict[str, Any]:
+    """The ``parent_session_id`` and ``forked_at`` columns of a session with these extra
+    fields: the parent when it is text, the time when it is an RFC 3339 timestamp with a
+    zone (else NULL: the field is kept as it is, but not as lineage)."""
+    parent = extra.get(PARENT_FIELD) if extra else None
+    forked_at = extra.get(FORKED_AT_FIELD) if extra else None
+    if isinstance(forked_at, str):
+        try:
+            forked_at = datetime.fromisoformat(forked_at)
+        except ValueError:
+            forked_at = None
+    if not isinstance(forked_at, datetime) or forked_at.utcoffset() is None:
+        forked_at = None
+    else:
+        try:
+            check_timestamp(FORKED_AT_FIELD, forked_at)
+        except InvalidDataError:
+            forked_at = None
+    return {
+        "parent_session_id": parent if isinstance(parent, str) else None,
+        "forked_at": None if forked_at is None else time.bind(forked_at),
+    }
+
+
+def fork_extra(stored: Any, parent_id: str, forked_at: datetime) -> str:
+    """A stored ``extra`` column with a fork's lineage set (the other fields in their
+    order), as JSON text."""
+    extra = {} if stored is None else dict(_load_json(stored))
+    extra[PARENT_FIELD] = parent_id
+    extra[FORKED_AT_FIELD] = format_timestamp(forked_at)
+    return _encode_json(extra)
 
 
 def _unset_fields(session: Session) -> str | None:
@@ -456,7 +497,16 @@ def tail_from_rows(
 
 def summary_from_row(row: Sequence[Any], time: TimeCodec) -> SessionSummary:
     """Build a :class:`SessionSummary` from a ``_sql.SummaryRow`` (unpacked by name)."""
-    id_, user_id, message_count, active_seed_id, project_id, created_at, updated_at = row
+    (
+        id_,
+        user_id,
+        message_count,
+        active_seed_id,
+        project_id,
+        created_at,
+        updated_at,
+        parent_session_id,
+    ) = row
     return build(
         SessionSummary,
         {
@@ -467,5 +517,6 @@ def summary_from_row(row: Sequence[Any], time: TimeCodec) -> SessionSummary:
             "project_id": project_id,
             "created_at": time.read(created_at),
             "updated_at": time.read(updated_at),
+            "parent_session_id": parent_session_id,
         },
     )

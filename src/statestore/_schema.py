@@ -10,7 +10,10 @@ checks that autogenerate finds nothing to change at head. Stored formats:
 
 Revision 0003 adds two read-only views over these tables, ``session_overview`` and
 ``session_exchanges``; they are created and dropped by the migrations only (see
-``migrations/versions/0003_analytics_views_and_indexes.py``).
+``migrations/versions/0003_analytics_views_and_indexes.py``). So is the full-text search
+index of revision 0006 (``search_entries``, and on SQLite the FTS5 table ``search_text``),
+which triggers on ``messages`` and ``responses`` keep in step (see
+``migrations/versions/0006_search_forks_filters.py`` and ``statestore._search``).
 """
 
 from __future__ import annotations
@@ -131,6 +134,16 @@ sessions = Table(
         comment="Random id of the stored state; new on every save.",
     ),
     Column(
+        "parent_session_id",
+        String,
+        nullable=True,
+        # No foreign key: a fork outlives the session it was copied from.
+        comment="extra['parent_session_id'] when text: the session this fork was copied from.",
+    ),
+    Column(
+        "forked_at", UTCDateTime, nullable=True, comment="extra['forked_at'] when an RFC 3339 time."
+    ),
+    Column(
         "unset_fields",
         JSON(none_as_null=True),
         nullable=True,
@@ -141,8 +154,10 @@ sessions = Table(
     ),
     Index(None, "updated_at", "id"),
     Index(None, "user_id", "updated_at", "id"),
-    # Partial (revision 0005): sessions without a project, seed or persona have no entry
-    # to write; every filter on these columns is an equality, which implies NOT NULL.
+    # Partial (revisions 0005, 0006): sessions without a project, seed, persona or parent
+    # have no entry to write; every filter on these columns is an equality, which implies
+    # NOT NULL. Each ends in (updated_at, id), so a listing filtered by one pages newest
+    # first along it, as the user listing does.
     *(
         Index(
             None,
@@ -152,8 +167,9 @@ sessions = Table(
         )
         for columns in (
             ("project_id", "updated_at", "id"),
-            ("active_seed_id",),
-            ("active_persona_id",),
+            ("active_seed_id", "updated_at", "id"),
+            ("active_persona_id", "updated_at", "id"),
+            ("parent_session_id", "updated_at", "id"),
         )
     ),
     Index(None, "created_at"),

@@ -2,12 +2,13 @@
 
 Parameters are named (``:name``); both stdlib ``sqlite3`` and SQLAlchemy's ``text()``
 take them. Timestamps are bound as the backend stores them (see ``statestore._tx``).
-Every listing orders by ``updated_at DESC, id DESC`` and is served by an index that ends
-in ``(updated_at, id)``.
+Every listing orders by ``updated_at DESC, id DESC``; the README's "Listing filters" table
+says which index serves each filter. The search statements are in ``statestore._search``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -25,6 +26,9 @@ __all__ = [
     "DELETE_USER_SESSIONS",
     "DELETE_USER_SESSIONS_IN_ID_ORDER",
     "DOCUMENTS_IN_CATEGORY",
+    "FORK_MESSAGES",
+    "FORK_RESPONSES",
+    "FORK_SESSION",
     "INSERT_MESSAGE",
     "INSERT_RESPONSE",
     "INSERT_SESSION_IF_MISSING",
@@ -34,9 +38,12 @@ __all__ = [
     "LOAD_DOCUMENT",
     "LOAD_DOCUMENT_STAMPED",
     "LOAD_SESSION",
+    "LOAD_SESSION_FOR_SHARE",
     "LOAD_SESSION_FOR_UPDATE",
     "LOCK_SESSION_COUNT",
     "LOCK_SESSION_COUNTER_SHARD",
+    "METADATA_MATCH",
+    "METADATA_VALUE",
     "OLDEST_SESSIONS_BOUND",
     "POSTGRESQL_SIZE",
     "POSTGRESQL_VACUUM",
@@ -71,12 +78,12 @@ __all__ = [
 _SESSION_VALUES = (
     ":id, :user_id, :active_seed_id, :active_persona_id, :project_id, :message_count, "
     ":response_count, :created_at, :updated_at, :metadata, :extra, 1, :state_token, "
-    ":unset_fields"
+    ":unset_fields, :parent_session_id, :forked_at"
 )
 _SESSION_COLUMNS = (
     "id, user_id, active_seed_id, active_persona_id, project_id, message_count, "
     "response_count, created_at, updated_at, metadata, extra, version, state_token, "
-    "unset_fields"
+    "unset_fields, parent_session_id, forked_at"
 )
 
 UPSERT_SESSION = f"""
@@ -94,7 +101,9 @@ ON CONFLICT (id) DO UPDATE SET
     extra = excluded.extra,
     version = sessions.version + 1,
     state_token = excluded.state_token,
-    unset_fields = excluded.unset_fields
+    unset_fields = excluded.unset_fields,
+    parent_session_id = excluded.parent_session_id,
+    forked_at = excluded.forked_at
 """
 
 INSERT_SESSION_IF_MISSING = f"""
@@ -175,6 +184,7 @@ class SummaryRow(NamedTuple):
     project_id: str | None
     created_at: Any
     updated_at: Any
+    parent_session_id: str | None
 
 
 class BoundRow(NamedTuple):
@@ -238,6 +248,10 @@ LOAD_SESSION = f"SELECT {_columns(SessionRow)} FROM sessions WHERE id = :id"
 LOAD_SESSION_FOR_UPDATE = LOAD_SESSION + " FOR UPDATE"
 """PostgreSQL: the same, locking the row (``update_session_with``)."""
 
+LOAD_SESSION_FOR_SHARE = LOAD_SESSION + " FOR SHARE"
+"""PostgreSQL: the same, holding the row against saves (which lock it FOR UPDATE) until
+this transaction ends: a fork then copies one state of the session, row by row."""
+
 INSERT_MESSAGE = """
 INSERT INTO messages (session_id, position, content, created_at, extra)
 VALUES (:session_id, :position, :content, :created_at, :extra)
@@ -289,23 +303,89 @@ _SUMMARY_COLUMNS = _columns(SummaryRow)
 _LISTING_FILTERS = {
     "user_id": "user_id = :user_id",
     "project_id": "project_id = :project_id",
+    "active_seed_id": "active_seed_id = :active_seed_id",
+    "active_persona_id": "active_persona_id = :active_persona_id",
+    "forks_of": "parent_session_id = :forks_of",
     "after": "(updated_at, id) < (:after_updated_at, :after_id)",
     "updated_before": "updated_at < :updated_before",
+    "updated_after": "updated_at > :updated_after",
+    "created_before": "created_at < :created_before",
+    "created_after": "created_at > :created_after",
 }
 """Each filter a listing may take, by the argument that asks for it."""
 
+METADATA_MATCH = {
+    "sqlite": (
+        "EXISTS (SELECT 1 FROM json_each(sessions.metadata) "
+        "WHERE key = :metadata_key_{n} AND {value})"
+    ),
+    "postgresql": "(metadata -> CAST(:metadata_key_{n} AS text))::jsonb = {value}",
+}
+"""One ``metadata={key: value}`` entry (number ``n``), by dialect; ``value`` from
+:data:`METADATA_VALUE`. SQLite's ``json_each`` reads keys decoded (a JSON path would not
+match a key holding a quote or a backslash)."""
 
-def session_summaries(given: set[str]) -> str:
-    """The listing of summaries with the filters ``given`` (and ``"limit"`` for a page).
+METADATA_VALUE = {
+    "sqlite": {
+        "text": "type = 'text' AND value = :metadata_value_{n}",
+        "number": "type IN ('integer', 'real') AND value = :metadata_value_{n}",
+        "true": "type = 'true'",
+        "false": "type = 'false'",
+        "null": "type = 'null'",
+    },
+    "postgresql": dict.fromkeys(
+        ("text", "number", "true", "false", "null"), "CAST(:metadata_value_{n} AS jsonb)"
+    ),
+}
+"""How a metadata value of each JSON type matches: as JSON compares (``1`` equals ``1.0``;
+``true`` is not ``1``), on SQLite by the type and value ``json_each`` reads, on PostgreSQL
+as ``jsonb`` (``:metadata_value_N`` is the value as JSON text there)."""
 
-    Every combination is served by an index ending in ``(updated_at, id)``.
+
+def session_summaries(given: set[str], metadata_matches: Sequence[str] = ()) -> str:
+    """The listing of summaries with the filters ``given`` (and ``"limit"`` for a page),
+    and ``metadata_matches`` (from :data:`METADATA_MATCH`) ANDed with them.
+
+    The user, project and update-time filters read an index ending in
+    ``(updated_at, id)`` in order; seed, persona, parent and creation time read their own
+    index and sort what it gives; metadata is checked on the rows the others give.
     """
     conditions = [sql for name, sql in _LISTING_FILTERS.items() if name in given]
+    conditions += metadata_matches
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     page = "LIMIT :limit" if "limit" in given else ""
     return (
         f"SELECT {_SUMMARY_COLUMNS} FROM sessions {where} ORDER BY updated_at DESC, id DESC {page}"
     )
+
+
+# -- forks: one statement per table, copying rows inside the database -----------------------
+
+FORK_SESSION = f"""
+INSERT INTO sessions ({_SESSION_COLUMNS})
+SELECT :new_id, user_id, active_seed_id, active_persona_id, project_id, :message_count,
+       :response_count, created_at, :forked_at, metadata, :extra, 1, :state_token,
+       unset_fields, id, :forked_at
+FROM sessions WHERE id = :source_id
+ON CONFLICT (id) DO NOTHING
+"""
+"""The fork's row: the source's (as ``LOAD_SESSION`` read it in this transaction), with
+its new id, counts, extra fields (the lineage added), lineage columns and times (last
+updated when it was made; created when the source was)."""
+
+FORK_MESSAGES = """
+INSERT INTO messages (session_id, position, content, created_at, extra)
+SELECT :new_id, position, content, created_at, extra FROM messages
+WHERE session_id = :source_id AND position < :message_count ORDER BY position
+"""
+
+FORK_RESPONSES = """
+INSERT INTO responses (session_id, position, content, reported_session_id, seed_id,
+                       phase_reached, evaluation_passed, created_at, extra)
+SELECT :new_id, position, content, reported_session_id, seed_id, phase_reached,
+       evaluation_passed, created_at, extra
+FROM responses WHERE session_id = :source_id AND position < :response_count ORDER BY position
+"""
 
 
 DELETE_SESSION = "DELETE FROM sessions WHERE id = :id"

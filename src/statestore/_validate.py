@@ -25,6 +25,7 @@ field (or the name) and the rule, and the stored state stays as it was:
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +51,7 @@ __all__ = [
     "SESSIONS_CATEGORY",
     "check_category",
     "check_count",
+    "check_fork",
     "check_json",
     "check_length",
     "check_name",
@@ -70,6 +72,20 @@ def check_count(field: str, value: object) -> None:
     """Raise unless ``value`` is an int from 1 to :data:`MAX_COUNT`."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
         raise InvalidArgumentError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
+
+
+def check_fork(up_to: object, new_id: object) -> str:
+    """Check ``fork_session``'s options; return the fork's id (``new_id``, or a new uuid4).
+
+    Raises:
+        InvalidArgumentError: ``up_to`` is not None or an int >= 0.
+        InvalidNameError: ``new_id`` breaks the naming rules of session ids.
+    """
+    if up_to is not None and (
+        not isinstance(up_to, int) or isinstance(up_to, bool) or not 0 <= up_to <= MAX_COUNT
+    ):
+        raise InvalidArgumentError("up_to", f"must be None or an int >= 0, not {up_to!r}")
+    return str(uuid.uuid4()) if new_id is None else check_writable_name(new_id, kind="new_id")
 
 
 MAX_FILE_NAME_BYTES = 255

@@ -6,6 +6,7 @@ Every error statestore raises on purpose derives from :class:`StateStoreError`::
     ├── InvalidNameError (also ValueError)       bad category, document name or session id
     ├── InvalidDataError (also ValueError)       a value that cannot be stored as given
     │   └── InvalidArgumentError                 an option or argument out of its range or type
+    │       └── SessionExistsError               a fork's new id names a stored session
     ├── StoreClosedError (also RuntimeError)     the store was used after close()
     ├── ReentrantWriteError (also RuntimeError)  a write from inside update_session_with's fn
     ├── SessionNotFoundError (also LookupError)  no session has the id an append names
@@ -44,6 +45,7 @@ __all__ = [
     "MigrationError",
     "ReentrantWriteError",
     "SchemaVersionError",
+    "SessionExistsError",
     "SessionNotFoundError",
     "StateStoreError",
     "StorageFullError",
@@ -106,6 +108,18 @@ class InvalidArgumentError(InvalidDataError):
     For example ``limit=0``, a config that is not a ``PruneConfig``, an ``fn`` that is not
     callable, or a database URL statestore cannot run on. ``field`` names the argument.
     """
+
+
+class SessionExistsError(InvalidArgumentError):
+    """The id asked for a new session (``fork_session(new_id=...)``) is already stored.
+
+    Attributes:
+        session_id: The id asked for.
+    """
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("new_id", f"a session {session_id!r} is already stored")
+        self.session_id = session_id
 
 
 class StoreClosedError(StateStoreError, RuntimeError):

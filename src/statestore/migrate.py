@@ -72,11 +72,17 @@ __all__ = [
 VERSION_TABLE = "statestore_alembic_version"
 """The table where statestore's alembic revision is recorded."""
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 """The newest revision in ``migrations/versions`` (a test keeps the two the same), known
 without reading the scripts."""
 
-_OWN_TABLES = frozenset({*metadata.tables, VERSION_TABLE})
+SEARCH_TABLES = frozenset(
+    {"search_entries", "search_text", "search_text_config", "search_text_data", "search_text_idx"}
+)
+"""The full-text search index's tables (revision 0006; the FTS5 ones on SQLite only): made
+by the migration, not in ``statestore._schema.metadata``, which autogenerate must not see."""
+
+_OWN_TABLES = frozenset({*metadata.tables, *SEARCH_TABLES, VERSION_TABLE})
 
 Target = str | os.PathLike[str] | URL | AsyncEngine
 """A database: a SQLite file path, an async URL, or an engine the caller owns."""
@@ -119,6 +125,12 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     Pass it as ``context.configure(..., include_name=statestore.migrate.include_name)``.
     """
     return not (type_ == "table" and name in _OWN_TABLES)
+
+
+def schema_tables_only(name: str | None, type_: str, parent_names: Any) -> bool:
+    """The ``include_name`` hook of statestore's own autogenerate (``migrations/env.py``):
+    the search index's tables, written by revision 0006 in SQL, are not in the metadata."""
+    return not (type_ == "table" and name in SEARCH_TABLES)
 
 
 def include_object(

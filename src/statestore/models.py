@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -43,6 +43,7 @@ __all__ = [
     "OMITTABLE_FIELDS",
     "AgentResponse",
     "History",
+    "SearchHit",
     "Session",
     "SessionSummary",
     "SessionTail",
@@ -175,6 +176,11 @@ class Session(BaseModel):
 
     Every mutator method sets ``updated_at`` to now. Assigning fields directly does not.
     Equality compares the conversation state only, not where it was loaded from.
+
+    A session made by ``StateStore.fork_session`` names the session it was copied from in
+    the extra field ``parent_session_id`` and the moment of the copy in ``forked_at`` (an
+    RFC 3339 string), as the service's own forks did: ``session.parent_session_id`` on a
+    fork, ``session.model_extra.get("parent_session_id")`` on any session.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -321,7 +327,8 @@ class SessionSummary(BaseModel):
     """What a session listing shows of one session, without its messages.
 
     ``project_id`` is the session's ``"project_ids"`` metadata entry when that is a string;
-    ``message_count`` is the number of user messages.
+    ``message_count`` is the number of user messages; ``parent_session_id`` is the session
+    a fork was copied from (``None`` for a session that is not a fork).
     """
 
     id: str
@@ -331,6 +338,26 @@ class SessionSummary(BaseModel):
     project_id: str | None
     created_at: UTCTimestamp
     updated_at: UTCTimestamp
+    parent_session_id: str | None = None
+
+
+class SearchHit(BaseModel):
+    """A user message or agent response that ``StateStore.search_messages`` found.
+
+    ``kind`` says which list it is in (``"message"``: ``user_messages``, ``"response"``:
+    ``agent_responses``) and ``position`` where; ``timestamp`` is its own. ``snippet`` is
+    the text around the first match, each matching word marked ``**like this**``, ``…``
+    where it was cut. ``entry_id`` orders hits: the most recently written text has the
+    highest; pass a page's last hit as ``after`` for the next page.
+    """
+
+    entry_id: int
+    session_id: str
+    user_id: str
+    kind: Literal["message", "response"]
+    position: int
+    timestamp: UTCTimestamp
+    snippet: str
 
 
 class SessionTail(BaseModel):
@@ -386,5 +413,5 @@ _new_object = object.__new__
 _set_slot = object.__setattr__
 _FIELD_SETS: dict[type[BaseModel], set[str]] = {
     model: set(model.__pydantic_fields__)
-    for model in (UserMessage, AgentResponse, Session, SessionSummary)
+    for model in (UserMessage, AgentResponse, Session, SessionSummary, SearchHit)
 }

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from pydantic import BaseModel
 
 from statestore import _sql
 from statestore._tx import Tx
-from statestore.models import UTCTimestamp
+from statestore.errors import InvalidArgumentError
+from statestore.models import MIN_TIMESTAMP, UTCTimestamp
 
-__all__ = ["DayActivity", "SeedPassRate", "StoreStats", "read_stats"]
+__all__ = ["DayActivity", "SeedPassRate", "StoreStats", "first_day", "read_stats"]
 
 
 class SeedPassRate(BaseModel):
@@ -52,6 +53,21 @@ class StoreStats(BaseModel):
     last_activity_at: UTCTimestamp | None
     pass_rates: list[SeedPassRate]
     days: list[DayActivity]
+
+
+def first_day(days: object) -> datetime:
+    """The start of the first of the last ``days`` UTC days (today included).
+
+    Raises:
+        InvalidArgumentError: ``days`` is not an int >= 1.
+    """
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise InvalidArgumentError("days", f"must be an int >= 1, not {days!r}")
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        return max(today - timedelta(days=days - 1), MIN_TIMESTAMP)
+    except OverflowError:  # more days than the calendar holds: all of them
+        return MIN_TIMESTAMP
 
 
 def _day(value: object) -> date:

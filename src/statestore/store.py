@@ -7,47 +7,42 @@ and each method reads as: check the input (:mod:`statestore._validate`), plan th
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncGenerator, Awaitable, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Self, TypeVar, Unpack, overload
 
 from pydantic import BaseModel
 from sqlalchemy import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from statestore import _ops, _rows, filestore, prune
+from statestore import _documents, _ops, _search, filestore, prune
 from statestore import migrate as migrations
 from statestore._database import Database, Opening, SessionUpdate, acknowledged
 from statestore._engine import POOL_SIZE, Checkpoints, Synchronous, create_engine, resolve_url
+from statestore._listing import ListingFilters, session_filter
 from statestore._validate import (
     MAX_COUNT,
-    SESSIONS_CATEGORY,
     check_busy_timeout,
-    check_category,
     check_count,
+    check_fork,
     check_name,
     check_text,
-    check_timestamp,
-    check_writable_category,
     check_writable_name,
-    session_from_document,
 )
 from statestore.errors import InvalidArgumentError
 from statestore.models import (
-    MIN_TIMESTAMP,
     AgentResponse,
+    SearchHit,
     Session,
     SessionSummary,
     SessionTail,
     UserMessage,
 )
 from statestore.prune import PruneConfig, PruneThrottle
-from statestore.stats import StoreStats, read_stats
+from statestore.stats import StoreStats, first_day, read_stats
 
 __all__ = ["MAX_COUNT", "SessionUpdate", "StateStore"]
 
@@ -252,50 +247,44 @@ class StateStore:
     async def list_sessions(
         self,
         *,
-        user_id: str | None = None,
-        project_id: str | None = None,
         limit: int | None = None,
         after: SessionSummary | None = None,
-        updated_before: datetime | None = None,
+        **filters: Unpack[ListingFilters],
     ) -> list[SessionSummary]:
         """Return session summaries, most recently updated first (ties: higher id first).
 
-        With no arguments, every session. Never reads messages.
+        With no arguments, every session; each filter given narrows the listing (they
+        combine with AND). Never reads messages.
 
         Args:
-            user_id: Only this user's sessions.
-            project_id: Only sessions of this project.
             limit: At most this many (a page).
             after: Only sessions listed after this summary: pass a page's last summary to
-                get the next page.
-            updated_before: Only sessions last updated before this instant.
+                get the next page (with the same filters).
+            **filters: ``user_id``, ``project_id``, ``active_seed_id``,
+                ``active_persona_id``, ``forks_of`` (the forks of a session),
+                ``created_after``, ``created_before``, ``updated_after``,
+                ``updated_before`` (exclusive bounds) and ``metadata`` (``{key: value}``
+                pairs the metadata must hold, compared as JSON); see
+                :class:`~statestore._listing.ListingFilters`.
+
+        Raises:
+            InvalidArgumentError: A filter or argument is not of its type or range.
         """
-        if user_id is not None:
-            check_text("user_id", user_id)
-        if project_id is not None:
-            check_text("project_id", project_id)
+        checked = session_filter(**filters)
         if after is not None and not isinstance(after, SessionSummary):
             raise InvalidArgumentError("after", "must be a SessionSummary from a listing")
-        if updated_before is not None:
-            check_timestamp("updated_before", updated_before)
         if limit is not None:
             check_count("limit", limit)
         listing = partial(
             _ops.list_summaries,
-            user_id=user_id,
-            project_id=project_id,
+            filters=checked,
             after=(after.updated_at, after.id) if after is not None else None,
-            updated_before=updated_before,
             limit=limit,
         )
         return await self._db.read("list_sessions", listing)
 
     async def iter_sessions(
-        self,
-        *,
-        user_id: str | None = None,
-        project_id: str | None = None,
-        page_size: int = 500,
+        self, *, page_size: int = 500, **filters: Unpack[ListingFilters]
     ) -> AsyncGenerator[SessionSummary, None]:
         """Yield every matching summary, newest first, reading one page at a time.
 
@@ -303,16 +292,70 @@ class StateStore:
         summaries in memory however many sessions there are.
         """
         check_count("page_size", page_size)
+        session_filter(**filters)
         after: SessionSummary | None = None
         while True:
-            page = await self.list_sessions(
-                user_id=user_id, project_id=project_id, limit=page_size, after=after
-            )
+            page = await self.list_sessions(limit=page_size, after=after, **filters)
             for summary in page:
                 yield summary
             if len(page) < page_size:
                 return
             after = page[-1]
+
+    def fork_session(
+        self, session_id: str, *, up_to: int | None = None, new_id: str | None = None
+    ) -> Awaitable[Session]:
+        """Copy a session into a new one that records it as its parent, and return the copy.
+
+        The fork holds the first ``up_to`` user messages and the first ``up_to`` agent
+        responses (all by default; 0: none), the source's seed, persona, metadata and
+        creation time, ``parent_session_id`` = ``session_id`` and ``forked_at`` = now (also
+        its ``updated_at``); its id is ``new_id``, else a new uuid4. The rows are copied
+        inside the database, one statement per table in one transaction, queued when
+        called and in call order with the source's saves (the fork holds every save of the
+        source called before it). Deleting the source later leaves the fork whole.
+
+        Raises:
+            SessionNotFoundError: No session has ``session_id``.
+            SessionExistsError: A session with ``new_id`` is stored.
+        """
+        check_name(session_id, kind="session id")
+        return self._db.fork(session_id, check_fork(up_to, new_id), up_to)
+
+    async def search_messages(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        after: SearchHit | None = None,
+    ) -> list[SearchHit]:
+        """Return the user messages and agent responses whose text matches ``query``.
+
+        Hits come most recently written first (a text saved again counts as written
+        then), ``limit`` at a time (default 20); pass a page's last hit as ``after`` for
+        the next, and ``user_id`` or ``session_id`` to search one user or session. The query
+        syntax (words, ``"phrases"``, ``OR``, ``-excluded``, ``prefix*``) is the same on
+        SQLite and PostgreSQL; the README says where their word splitting differs.
+
+        Raises:
+            InvalidArgumentError: The query is empty or has no word to search for, or an
+                argument is out of range.
+        """
+        find = _search.reader(
+            query, user_id=user_id, session_id=session_id, limit=limit, after=after
+        )
+        return await self._db.read("search_messages", find, session_id=session_id)
+
+    async def rebuild_search_index(self) -> int:
+        """Index every stored message and response again, oldest first; return how many.
+
+        The triggers of revision 0006 keep the index in step with every write, plain SQL
+        included; rebuild after writing with the triggers dropped, or if a search looks
+        wrong. One write transaction: other writes wait while it runs.
+        """
+        return await self._db.write("rebuild_search_index", _search.rebuild_index)
 
     def delete_session(self, session_id: str) -> Awaitable[bool]:
         """Delete a session with its messages and responses; return whether it existed
@@ -417,29 +460,13 @@ class StateStore:
 
     # -- documents ----------------------------------------------------------------------
 
-    async def _save_document(self, category: str, name: str, kind: str, content: str) -> None:
-        now = datetime.now(UTC)
-        save = partial(
-            _ops.save_document, category=category, name=name, kind=kind, content=content, now=now
-        )
-        await self._db.write("save_document", save)
-
-    async def _load_document(self, category: str, name: str, kind: str) -> str | None:
-        load = partial(_ops.load_document, category=category, name=name, kind=kind)
-        return await self._db.read("load_document", load)
-
     async def save_markdown(self, category: str, name: str, content: str) -> None:
         """Store a markdown document, replacing any markdown document of that name."""
-        check_writable_category(category)
-        check_writable_name(name, suffix=".md")
-        check_text("content", content)
-        await self._save_document(category, name, "markdown", content)
+        await _documents.save_markdown(self._db, category, name, content)
 
     async def load_markdown(self, category: str, name: str) -> str | None:
         """Return a markdown document's text, or ``None`` if there is none."""
-        check_category(category)
-        check_name(name)
-        return await self._load_document(category, name, "markdown")
+        return await _documents.load_markdown(self._db, category, name)
 
     async def save_json(self, category: str, name: str, data: Any) -> None:
         """Store a JSON document: any JSON-able value or a pydantic model.
@@ -452,12 +479,7 @@ class StateStore:
             InvalidDataError: ``data`` is not JSON-able (the error says where).
             pydantic.ValidationError: Session data that is not a valid session.
         """
-        check_writable_category(category)
-        check_writable_name(name)
-        if category == SESSIONS_CATEGORY:
-            await self.save_session(session_from_document(name, data))
-            return
-        await self._save_document(category, name, "json", _rows.dump_json_document("data", data))
+        await _documents.save_json(self._db, category, name, data)
 
     @overload
     async def load_json(self, category: str, name: str) -> Any: ...
@@ -472,18 +494,7 @@ class StateStore:
 
         In the ``sessions`` category this is the session's JSON object.
         """
-        check_category(category)
-        check_name(name)
-        if category == SESSIONS_CATEGORY:
-            session = await self.load_session(name)
-            if session is None:
-                return None
-            dumped = session.model_dump(mode="json")
-            return dumped if model is None else model.model_validate(dumped)
-        text = await self._load_document(category, name, "json")
-        if text is None:
-            return None
-        return json.loads(text) if model is None else model.model_validate_json(text)
+        return await _documents.load_json(self._db, category, name, model)
 
     async def list_category(self, category: str) -> list[str]:
         """Return the sorted names of a category's markdown and JSON documents.
@@ -491,15 +502,14 @@ class StateStore:
         Nested categories are separate: listing ``memory`` does not list ``memory/notes``.
         In the ``sessions`` category the JSON documents are the session ids.
         """
-        check_category(category)
-        return await self._db.read("list_category", partial(_ops.list_category, category=category))
+        return await _documents.list_category(self._db, category)
 
     async def list_categories(self) -> list[str]:
         """Return every category that holds a markdown or JSON document, sorted.
 
         ``sessions`` is listed only when it holds markdown documents.
         """
-        return await self._db.read("list_categories", _ops.list_categories)
+        return await _documents.list_categories(self._db)
 
     async def delete_file(self, category: str, name: str) -> bool:
         """Delete the JSON document of that name if present, else the markdown one.
@@ -507,10 +517,7 @@ class StateStore:
         In the ``sessions`` category the JSON document is the session. Returns whether
         anything was deleted.
         """
-        check_category(category)
-        check_name(name)
-        delete = partial(_ops.delete_file, category=category, name=name)
-        return await self._db.write("delete_file", delete)
+        return await _documents.delete_file(self._db, category, name)
 
     # -- moving data in and out, upkeep ---------------------------------------------------
 
@@ -524,16 +531,14 @@ class StateStore:
     ) -> filestore.ImportReport:
         """Import a file store's directory: sessions, and documents of every category.
 
-        ``sessions/<id>.json`` files become sessions with their messages and responses;
-        every other ``<category>/<name>.md|.json`` (nested categories too) becomes a
-        document. Idempotent: what is already stored exactly so is left alone, so
-        importing a directory twice changes nothing. A stored session or document whose
-        ``updated_at`` is later than the file's was saved since the file was written: it is
-        kept (and counted as kept) unless ``replace_newer``. Files are imported
-        :data:`~statestore.filestore.IMPORT_BATCH` to a transaction, so a crash leaves only
-        whole sessions and a rerun finishes the job. A file that cannot be imported (not
-        UTF-8, not JSON, not a valid session, a name the rules refuse, ...) is skipped and
-        listed in the report with the reason. Leftover ``*.tmp`` files are counted.
+        ``sessions/<id>.json`` files become sessions; every other
+        ``<category>/<name>.md|.json`` (nested categories too) a document. Idempotent: what
+        is stored exactly so is left alone. A stored session or document whose
+        ``updated_at`` is later than the file's is kept (and counted) unless
+        ``replace_newer``. :data:`~statestore.filestore.IMPORT_BATCH` files go to a
+        transaction, so a crash leaves whole sessions and a rerun finishes the job. A file
+        that cannot be imported (not UTF-8 or JSON, an invalid session, a refused name, ...)
+        is skipped and listed in the report with the reason; ``*.tmp`` files are counted.
 
         Args:
             directory: The file store's root folder.
@@ -561,12 +566,11 @@ class StateStore:
     ) -> filestore.ExportReport:
         """Write the store out in the file store's layout and format, for a rollback.
 
-        Sessions become ``sessions/<id>.json`` and documents ``<category>/<name>.md|.json``,
-        as the file store wrote them (JSON indented by two spaces, its field order, UTC
-        timestamps ending in ``Z``); each file is written to a temp file and renamed, and
-        its modification time is the stored ``updated_at``. Each file is one saved state;
-        stop writers first for a snapshot of the whole store. A file the system refuses is
-        listed in the report's ``skipped``, and the rest are written.
+        Sessions become ``sessions/<id>.json`` and documents ``<category>/<name>.md|.json``
+        as the file store wrote them (its field order, two-space indents, UTC timestamps
+        ending in ``Z``; a fork's lineage as two more fields), each to a temp file renamed
+        into place, modified at the stored ``updated_at``. Each file is one saved state: stop
+        writers first for a snapshot. Files the system refuses are listed in ``skipped``.
 
         Args:
             directory: Where to write; created if missing.
@@ -594,13 +598,7 @@ class StateStore:
         Args:
             days: How many recent UTC days (today included) to report activity for.
         """
-        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
-            raise InvalidArgumentError("days", f"must be an int >= 1, not {days!r}")
-        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        try:
-            since = max(today - timedelta(days=days - 1), MIN_TIMESTAMP)
-        except OverflowError:  # more days than the calendar holds: all of them
-            since = MIN_TIMESTAMP
+        since = first_day(days)
         return await self._db.read("stats", partial(read_stats, since=since))
 
     async def compact(self) -> tuple[int, int]:

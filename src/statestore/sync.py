@@ -16,9 +16,8 @@ import os
 import sys
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from datetime import datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar, overload
+from typing import Any, Self, TypeVar, Unpack, overload
 
 from pydantic import BaseModel
 from sqlalchemy import URL
@@ -26,8 +25,16 @@ from sqlalchemy import URL
 from statestore import filestore
 from statestore._database import SessionUpdate
 from statestore._engine import POOL_SIZE, Checkpoints, Synchronous
+from statestore._listing import ListingFilters
 from statestore.errors import ReentrantWriteError, StoreClosedError
-from statestore.models import AgentResponse, Session, SessionSummary, SessionTail, UserMessage
+from statestore.models import (
+    AgentResponse,
+    SearchHit,
+    Session,
+    SessionSummary,
+    SessionTail,
+    UserMessage,
+)
 from statestore.prune import PruneConfig, PruneThrottle
 from statestore.stats import StoreStats
 from statestore.store import StateStore
@@ -189,30 +196,18 @@ class SyncStateStore:
     def list_sessions(
         self,
         *,
-        user_id: str | None = None,
-        project_id: str | None = None,
         limit: int | None = None,
         after: SessionSummary | None = None,
-        updated_before: datetime | None = None,
+        **filters: Unpack[ListingFilters],
     ) -> list[SessionSummary]:
         """:meth:`StateStore.list_sessions`."""
-        return self._run(
-            lambda: self._store.list_sessions(
-                user_id=user_id,
-                project_id=project_id,
-                limit=limit,
-                after=after,
-                updated_before=updated_before,
-            )
-        )
+        return self._run(lambda: self._store.list_sessions(limit=limit, after=after, **filters))
 
     def iter_sessions(
-        self, *, user_id: str | None = None, project_id: str | None = None, page_size: int = 500
+        self, *, page_size: int = 500, **filters: Unpack[ListingFilters]
     ) -> Iterator[SessionSummary]:
         """:meth:`StateStore.iter_sessions`, as a plain iterator (one page read at a time)."""
-        pages = self._store.iter_sessions(
-            user_id=user_id, project_id=project_id, page_size=page_size
-        )
+        pages = self._store.iter_sessions(page_size=page_size, **filters)
         try:
             while True:
                 try:
@@ -223,6 +218,32 @@ class SyncStateStore:
             # At interpreter exit the store's (daemon) thread is frozen: nothing to close.
             if not self._closed and not sys.is_finalizing():
                 self._run(pages.aclose)
+
+    def fork_session(
+        self, session_id: str, *, up_to: int | None = None, new_id: str | None = None
+    ) -> Session:
+        """:meth:`StateStore.fork_session`."""
+        return self._run(lambda: self._store.fork_session(session_id, up_to=up_to, new_id=new_id))
+
+    def search_messages(
+        self,
+        query: str,
+        *,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        limit: int = 20,
+        after: SearchHit | None = None,
+    ) -> list[SearchHit]:
+        """:meth:`StateStore.search_messages`."""
+        return self._run(
+            lambda: self._store.search_messages(
+                query, user_id=user_id, session_id=session_id, limit=limit, after=after
+            )
+        )
+
+    def rebuild_search_index(self) -> int:
+        """:meth:`StateStore.rebuild_search_index`."""
+        return self._run(self._store.rebuild_search_index)
 
     def delete_session(self, session_id: str) -> bool:
         """:meth:`StateStore.delete_session`."""
