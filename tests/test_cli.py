@@ -67,6 +67,7 @@ COMMANDS = {
     "import": "Import a file store's directory",
     "export": "Write the database out as a file store directory",
     "sessions": "List sessions",
+    "search": "Print the texts that match QUERY",
     "show": "Show one session's conversation",
     "delete": "Delete one session",
     "delete-user": "Delete every session of one user",
@@ -1284,3 +1285,115 @@ def test_non_ascii_ids_print_on_an_ascii_terminal(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr
         assert "\\xf3" in result.stdout, result.stdout
+
+
+# -- listing filters and search ---------------------------------------------------------------
+
+
+def texts_with_word(word: str) -> set[tuple[str, str, int]]:
+    """The sample's texts (session, kind, position) holding ``word`` as a whole word."""
+    found = set()
+    for session_id, session in SAMPLE_SESSIONS.items():
+        for kind, key in (("message", "user_messages"), ("response", "agent_responses")):
+            for position, item in enumerate(session.get(key) or []):
+                if word in re.findall(r"[^\W_]+", item["content"].casefold()):
+                    found.add((session_id, kind, position))
+    return found
+
+
+def test_search_json_finds_every_text_with_the_word(sample_db: Path) -> None:
+    """``search WORD --json`` lists each sample text holding the word, with its place."""
+    expected = texts_with_word("refactor")
+    assert expected
+    result = succeeded(run(sample_db, "search", "Refactor", "--json", "--limit", "500"))
+    hits = json.loads(result.stdout)
+    assert {(hit["session_id"], hit["kind"], hit["position"]) for hit in hits} == expected
+    assert all("**" in hit["snippet"] for hit in hits)
+    assert [hit["entry_id"] for hit in hits] == sorted((h["entry_id"] for h in hits), reverse=True)
+
+
+def test_search_table_user_and_limit(sample_db: Path) -> None:
+    """The table shows each hit's session and place; --user and --limit narrow it."""
+    result = succeeded(run(sample_db, "search", "refactor", "--limit", "2"))
+    assert len(UUID.findall(result.stdout)) == 2
+    assert "**refactor**" in result.stdout
+    user = SAMPLE_SESSIONS[next(iter(texts_with_word("refactor")))[0]]["user_id"]
+    listed = json.loads(
+        succeeded(
+            run(sample_db, "search", "refactor", "--user", user, "--json", "--limit", "500")
+        ).stdout
+    )
+    expected = {
+        place
+        for place in texts_with_word("refactor")
+        if SAMPLE_SESSIONS[place[0]]["user_id"] == user
+    }
+    assert {(hit["session_id"], hit["kind"], hit["position"]) for hit in listed} == expected
+
+
+def test_search_without_matches_and_bad_queries(sample_db: Path) -> None:
+    """No match prints one line and exits 0; a query with nothing to find is a one-line
+    error; no query at all is a usage error."""
+    assert succeeded(run(sample_db, "search", "zyzzyva")).stdout == "no matches\n"
+    assert "no word to search for" in failed(run(sample_db, "search", '"()"'))
+    assert run(sample_db, "search").exit_code == 2
+    assert succeeded(run(sample_db, "search", "SELECT * FROM sessions; --", "--json")).stdout
+
+
+def test_search_rebuild_reports_the_texts_indexed(sample_db: Path) -> None:
+    """``search --rebuild`` indexes every stored text again and says how many."""
+    total = sum(
+        len(session.get("user_messages") or []) + len(session.get("agent_responses") or [])
+        for session in SAMPLE_SESSIONS.values()
+    )
+    assert succeeded(run(sample_db, "search", "--rebuild")).stdout == f"indexed {total} texts\n"
+    assert json.loads(
+        succeeded(
+            run(sample_db, "search", "refactor", "--rebuild", "--json", "--limit", "500")
+        ).stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "keep"),
+    [
+        (["--seed", "seed-beta"], lambda s: s.get("active_seed_id") == "seed-beta"),
+        (["--persona", "persona-1"], lambda s: s.get("active_persona_id") == "persona-1"),
+        (
+            ["--created-after", "2026-03-05T00:00:00"],
+            lambda s: instant(s["created_at"]) > datetime(2026, 3, 5, tzinfo=UTC),
+        ),
+        (
+            ["--updated-before", "2026-03-05T00:00:00+01:00"],
+            lambda s: instant(s["updated_at"]) < datetime(2026, 3, 4, 23, tzinfo=UTC),
+        ),
+        (
+            ["--meta", "project_ids=proj-1"],
+            lambda s: (s.get("metadata") or {}).get("project_ids") == "proj-1",
+        ),
+        (["--forks-of", "nobody"], lambda s: False),
+    ],
+    ids=["seed", "persona", "created-after", "updated-before", "meta", "forks-of"],
+)
+def test_sessions_filters(sample_db: Path, options: list[str], keep: Any) -> None:
+    """Each listing filter of ``sessions`` lists the sample sessions it describes."""
+    result = succeeded(run(sample_db, "sessions", "--json", "--limit", "0", *options))
+    listed = [summary["id"] for summary in json.loads(result.stdout)]
+    expected = newest_first({i for i, s in SAMPLE_SESSIONS.items() if keep(s)})
+    assert listed == expected
+    assert 0 < len(expected) < len(SAMPLE_SESSIONS) or options[0] == "--forks-of"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--created-after", "yesterday"], ["--meta", "no-equals"], ["--meta", "k=[1]"]],
+    ids=["bad-time", "bad-pair", "list-value-is-text"],
+)
+def test_sessions_bad_filter_options(sample_db: Path, options: list[str]) -> None:
+    """A time that is not ISO 8601 or a pair without ``=`` is a usage error; a JSON list
+    is matched as text (only scalars are values)."""
+    result = run(sample_db, "sessions", "--json", *options)
+    if options[1] == "k=[1]":
+        assert json.loads(succeeded(result).stdout) == []
+    else:
+        assert result.exit_code == 2

@@ -12,13 +12,25 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import click
+
 from statestore.filestore import Progress as ProgressCallback
-from statestore.models import format_timestamp
+from statestore.models import SearchHit, SessionSummary, format_timestamp
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["TIME_HEADING", "at", "print_table", "progress", "stdout", "text", "when"]
+__all__ = [
+    "TIME_HEADING",
+    "at",
+    "print_hits",
+    "print_summaries",
+    "print_table",
+    "progress",
+    "stdout",
+    "text",
+    "when",
+]
 
 
 @contextmanager
@@ -118,3 +130,34 @@ def at(moment: datetime | None) -> str:
     """A timestamp for a table: UTC to the minute, always 16 characters (``--json`` has
     every digit)."""
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
+
+
+def print_summaries(summaries: list[SessionSummary], *, none: str) -> None:
+    """Print summaries as a table (ids whole, wrapped if the terminal is narrow), or ``none``."""
+    if not summaries:
+        click.echo(none)
+        return
+    rows = [
+        (
+            summary.id,
+            summary.user_id,
+            str(summary.message_count),
+            summary.active_seed_id or "-",
+            summary.project_id or "-",
+            at(summary.updated_at),
+        )
+        for summary in summaries
+    ]
+    # At 80 columns an id of 36 characters (a uuid) folds onto two lines, no more.
+    headings = ("id", "user", "messages", "seed", "project", TIME_HEADING)
+    print_table(headings, rows, min_widths={"id": 18})
+
+
+def print_hits(hits: list[SearchHit]) -> None:
+    """Print search hits as a table: where each is, when, and its snippet."""
+    rows = [
+        (hit.session_id, f"{hit.kind} {hit.position}", at(hit.timestamp), hit.snippet)
+        for hit in hits
+    ]
+    headings = ("session", "text", "at (UTC)", "snippet")
+    print_table(headings, rows, min_widths={"session": 18, "snippet": 24})

@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 
 import click
 
-from statestore import _terminal, filestore
+from statestore import _options, _terminal, filestore
 from statestore import migrate as migrations
 from statestore._engine import resolve_url, sqlite_in_memory
 from statestore.errors import StateStoreError
 from statestore.filestore import json_file_text, session_file_text
-from statestore.models import Session, SessionSummary
+from statestore.models import SearchHit, Session, SessionSummary
 from statestore.prune import PruneConfig
 from statestore.stats import StoreStats
 from statestore.store import StateStore
@@ -266,49 +266,86 @@ def export(db: str, directory: Path, user_id: str | None, overwrite: bool) -> No
         raise click.ClickException(f"{len(report.skipped)} files were not written (see above)")
 
 
-def _print_summaries(summaries: list[SessionSummary], *, none: str) -> None:
-    """Print summaries as a table (ids whole, wrapped if the terminal is narrow), or ``none``."""
-    if not summaries:
-        click.echo(none)
-        return
-    rows = [
-        (
-            summary.id,
-            summary.user_id,
-            str(summary.message_count),
-            summary.active_seed_id or "-",
-            summary.project_id or "-",
-            _terminal.at(summary.updated_at),
-        )
-        for summary in summaries
-    ]
-    # At 80 columns an id of 36 characters (a uuid) folds onto two lines, no more.
-    headings = ("id", "user", "messages", "seed", "project", _terminal.TIME_HEADING)
-    _terminal.print_table(headings, rows, min_widths={"id": 18})
-
-
 @cli.command()
 @click.option("--user", "user_id", help="Only this user's sessions.")
 @click.option("--project", "project_id", help="Only this project's sessions.")
+@click.option("--seed", "active_seed_id", help="Only sessions with this active seed.")
+@click.option("--persona", "active_persona_id", help="Only sessions with this active persona.")
+@click.option("--forks-of", metavar="SESSION_ID", help="Only the forks of this session.")
+@_options.time_option("--created-after", "created after TIME (ISO 8601; UTC unless an offset)")
+@_options.time_option("--created-before", "created before TIME")
+@_options.time_option("--updated-after", "last updated after TIME")
+@_options.time_option("--updated-before", "last updated before TIME")
+@click.option(
+    "--meta",
+    "metadata",
+    multiple=True,
+    callback=_options.metadata_pairs,
+    metavar="KEY=VALUE",
+    help="Only sessions whose metadata KEY is VALUE (JSON if it parses: 3, true, null).",
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=0), help="0: all.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
-def sessions(
-    db: str, user_id: str | None, project_id: str | None, limit: int, as_json: bool
-) -> None:
-    """List sessions, most recently updated first."""
+def sessions(db: str, /, limit: int, as_json: bool, **filters: Any) -> None:
+    """List sessions, most recently updated first (filters combine)."""
 
     async def work() -> list[SessionSummary]:
         async with _opened(db) as store:
-            return await store.list_sessions(
-                user_id=user_id, project_id=project_id, limit=limit or None
-            )
+            return await store.list_sessions(limit=limit or None, **filters)
 
     summaries = _run(work())
     if as_json:
         _dump([summary.model_dump(mode="json") for summary in summaries])
     else:
-        _print_summaries(summaries, none="no sessions")
+        _terminal.print_summaries(summaries, none="no sessions")
+
+
+@cli.command(short_help="Find messages and responses by their words.")
+@click.argument("query", required=False)
+@click.option("--user", "user_id", help="Only this user's sessions.")
+@click.option("--session", "session_id", help="Only this session.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--rebuild", is_flag=True, help="First index every stored text again.")
+@click.pass_obj
+def search(
+    db: str,
+    query: str | None,
+    user_id: str | None,
+    session_id: str | None,
+    limit: int,
+    as_json: bool,
+    rebuild: bool,
+) -> None:
+    """Print the texts that match QUERY, most recently written first.
+
+    Words must all appear; "a phrase" in order; a OR b either; -word not; pref* a prefix.
+    """
+    if query is None and not rebuild:
+        raise click.UsageError("give a QUERY, or --rebuild")
+
+    async def work() -> tuple[int | None, list[SearchHit]]:
+        async with _opened(db) as store:
+            indexed = await store.rebuild_search_index() if rebuild else None
+            if query is None:
+                return indexed, []
+            found = await store.search_messages(
+                query, user_id=user_id, session_id=session_id, limit=limit
+            )
+            return indexed, found
+
+    indexed, hits = _run(work())
+    if indexed is not None:
+        click.echo(f"indexed {indexed} texts", err=query is not None)
+    if query is None:
+        return
+    if as_json:
+        _dump([hit.model_dump(mode="json") for hit in hits])
+    elif not hits:
+        click.echo("no matches")
+    else:
+        _terminal.print_hits(hits)
 
 
 async def _load(db: str, session_id: str) -> Session:
@@ -448,7 +485,7 @@ def prune(
         _dump([summary.model_dump(mode="json") for summary in outcome])
         return
     if not count_only:
-        _print_summaries(outcome, none="nothing to prune")
+        _terminal.print_summaries(outcome, none="nothing to prune")
     click.echo(f"would delete {len(outcome)} sessions (dry run: nothing deleted)")
 
 
