@@ -313,6 +313,30 @@ EXPECTED: dict[str, Case] = {
     "How many responses reach each phase?": Case(
         [("discovery", 7, 6), ("design", 5, 5), ("build", 3, 3), ("review", 1, 1)]
     ),
+    "Which sessions mention a term?": Case(
+        [
+            ("s05", "bob", 4),
+            ("s01", "alice", 3),
+            ("s02", "bob", 3),
+            ("s03", "alice", 2),
+            ("s04", "carol", 2),
+            ("s08", "alice", 2),
+        ],
+        {"term": "answer"},
+    ),
+    "How often is a term mentioned each day?": Case(
+        [
+            ("2026-03-02", "message", 8),
+            ("2026-03-03", "message", 3),
+            ("2026-03-04", "message", 5),
+            ("2026-03-05", "message", 1),
+        ],
+        {"term": "question"},
+    ),
+    "Which seeds lead to the most forks?": Case([(A, 3, 2), (B, 1, 1)]),
+    "How much of a conversation do forks keep?": Case(
+        [("f01", "s01", 1, 3), ("f01a", "f01", 1, 1), ("f02", "s01", 2, 3), ("f05", "s05", 4, 4)]
+    ),
     "What is the furthest phase each session reached?": Case(
         [
             ("s01", "build"),
@@ -402,11 +426,24 @@ async def test_the_data_set_is_stored_as_built(filled: StateStore) -> None:
     assert sum(len(session.agent_responses) for session in loaded if session) == 16
 
 
+FORKS = [("s01", 1, "f01"), ("s01", 2, "f02"), ("s05", None, "f05"), ("f01", None, "f01a")]
+"""Forks the fork recipes are asked about: (source, up_to, fork id), made in this order."""
+
+FORK_QUESTIONS = {
+    "Which seeds lead to the most forks?",
+    "How much of a conversation do forks keep?",
+}
+
+
 @pytest.mark.parametrize("question", list(EXPECTED), ids=lambda question: question[:-1])
 async def test_recipe_answers_its_question(filled: StateStore, backend: str, question: str) -> None:
-    """The recipe's SQL for this backend returns the answer worked out from the data set."""
+    """The recipe's SQL for this backend returns the answer worked out from the data set
+    (with forks made first, for the fork recipes)."""
     recipe = RECIPES[question]
     case = EXPECTED[question]
+    if question in FORK_QUESTIONS:
+        for source, up_to, fork_id in FORKS:
+            await filled.fork_session(source, up_to=up_to, new_id=fork_id)
 
     rows = await run_query(filled, backend, recipe.sql_for(backend), case.params)
 
