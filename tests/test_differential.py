@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,28 @@ async def _open_both(sqlite_path: Path, postgresql: URL) -> tuple[StateStore, St
     return await StateStore.open(sqlite_path), await StateStore.open(postgresql)
 
 
+def side_by_side(
+    sqlite_path: Path,
+    postgresql: URL,
+    operations: list[tuple[Any, ...]],
+    check: Callable[[int, tuple[Any, ...], Any], None] = lambda step, operation, seen: None,
+) -> None:
+    """Run ``operations`` on empty SQLite and PostgreSQL stores, step by step; each step
+    must give the same outcome on both, and ``check`` accepts SQLite's."""
+    with asyncio.Runner() as runner:
+        on_sqlite, on_postgresql = runner.run(_open_both(sqlite_path, postgresql))
+        try:
+            reset(sqlite_path, postgresql)
+            for step, operation in enumerate(operations):
+                expected = runner.run(observe(on_sqlite, operation))
+                check(step, operation, expected)
+                got = runner.run(observe(on_postgresql, operation))
+                assert got == expected, (step, operation)
+        finally:
+            runner.run(on_sqlite.close())
+            runner.run(on_postgresql.close())
+
+
 @settings(
     max_examples=60,
     deadline=None,
@@ -232,46 +255,27 @@ def test_both_backends_answer_alike(
     operations: list[tuple[Any, ...]], tmp_path: Path, postgresql_url: URL
 ) -> None:
     """Every step of a random sequence returns (or raises) the same on SQLite and PostgreSQL."""
-    sqlite_path = tmp_path / "differential.db"
-    with asyncio.Runner() as runner:
-        on_sqlite, on_postgresql = runner.run(_open_both(sqlite_path, postgresql_url))
-        try:
-            reset(sqlite_path, postgresql_url)
-            for step, operation in enumerate(operations):
-                expected = runner.run(observe(on_sqlite, operation))
-                got = runner.run(observe(on_postgresql, operation))
-                assert got == expected, (step, operation)
-        finally:
-            runner.run(on_sqlite.close())
-            runner.run(on_postgresql.close())
+    side_by_side(tmp_path / "differential.db", postgresql_url, operations)
 
 
 def test_nul_characters_are_the_same_error_on_both(tmp_path: Path, postgresql_url: URL) -> None:
     """A NUL character, which PostgreSQL cannot store, is refused alike on both backends."""
-    sqlite_path = tmp_path / "nul.db"
     operations: list[tuple[Any, ...]] = [
         ("save_markdown", "notes", "n1", "a\x00b"),
         ("save", "a", "u1", ["x\x00"], T0, None, None),
         ("save_json", "notes", "n1", {"k": "\x00"}),
     ]
-    with asyncio.Runner() as runner:
-        on_sqlite, on_postgresql = runner.run(_open_both(sqlite_path, postgresql_url))
-        try:
-            reset(sqlite_path, postgresql_url)
-            for operation in operations:
-                expected = runner.run(observe(on_sqlite, operation))
-                assert expected[0] == "InvalidDataError", expected
-                assert "NUL" in expected[1]
-                assert runner.run(observe(on_postgresql, operation)) == expected
-        finally:
-            runner.run(on_sqlite.close())
-            runner.run(on_postgresql.close())
+
+    def refused(step: int, operation: tuple[Any, ...], seen: Any) -> None:
+        assert seen[0] == "InvalidDataError", seen
+        assert "NUL" in seen[1]
+
+    side_by_side(tmp_path / "nul.db", postgresql_url, operations, refused)
 
 
 def test_searches_forks_and_filters_answer_alike(tmp_path: Path, postgresql_url: URL) -> None:
     """A scripted sequence whose searches, forks and filtered listings find something gives
     the same (non-empty) answers on both backends."""
-    sqlite_path = tmp_path / "features.db"
     operations: list[tuple[Any, ...]] = [
         ("save", "a", "u1", ["refund policy", "don't order", "état 42"], T0, "seed-1", "gold"),
         ("save", "b", "u2", ["Refund x_y", "policy"], T0 + timedelta(1), "seed-2", 1),
@@ -287,16 +291,10 @@ def test_searches_forks_and_filters_answer_alike(tmp_path: Path, postgresql_url:
         ("search", "refund", None, None, 4),
         ("list_filtered", None, "a", None, None, None, None),
     ]
-    with asyncio.Runner() as runner:
-        on_sqlite, on_postgresql = runner.run(_open_both(sqlite_path, postgresql_url))
-        try:
-            reset(sqlite_path, postgresql_url)
-            for step, operation in enumerate(operations):
-                expected = runner.run(observe(on_sqlite, operation))
-                if operation[0] in ("search", "list_filtered", "fork"):
-                    assert expected, (step, operation)
-                    assert expected != [[]], (step, operation)
-                assert runner.run(observe(on_postgresql, operation)) == expected, (step, operation)
-        finally:
-            runner.run(on_sqlite.close())
-            runner.run(on_postgresql.close())
+
+    def found_something(step: int, operation: tuple[Any, ...], seen: Any) -> None:
+        if operation[0] in ("search", "list_filtered", "fork"):
+            assert seen, (step, operation)
+            assert seen != [[]], (step, operation)
+
+    side_by_side(tmp_path / "features.db", postgresql_url, operations, found_something)

@@ -364,3 +364,11 @@ async def test_words_beyond_the_newest_entries_are_found_and_paged(
         pages.append([hit.session_id for hit in page])
         after = page[-1] if page else None
     assert pages == [["s9", "s8", "s7"], ["s6", "s5", "s4"], ["s3", "s2", "s1"], ["s0"]]
+
+
+def test_a_snippet_deep_in_a_long_text_shows_the_match() -> None:
+    """A match a million characters in is shown with its neighbours, cut on both sides."""
+    content = "x " * 500_000 + "the needle here" + " tail" * 10
+    assert snippet(content, parse_query("needle")) == (
+        "…x x x the **needle** here tail tail tail tail tail tail…"
+    )

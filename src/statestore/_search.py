@@ -17,9 +17,12 @@ Anything else is words: quotes that do not close run to the end, and operator ch
 (``( ) : ^ + AND NOT NEAR``) are plain text. Each backend splits the words it is given as it
 splits stored text (FTS5's ``unicode61``, PostgreSQL's parser), so ``don't`` finds "don't".
 
-**Order**: the most recently written texts first (``entry_id`` descending), which both
-backends read along an index and stop after ``limit``, so a page's cost grows with the
-hits asked for, not with the store: a relevance order would have to score every match.
+**Order**: the most recently written texts first (``entry_id`` descending). SQLite's FTS5
+index holds each word's entries in that order, so a page reads its hits and stops;
+PostgreSQL walks the newest entries along the key and asks the GIN index only for a word
+too rare to fill a page there (:func:`_postgresql_search`). Either way a page's cost grows
+with the hits asked for, not with the store: a relevance order would have to score every
+match.
 """
 
 from __future__ import annotations
@@ -349,22 +352,27 @@ def snippet(content: str, query: Query, words: int = SNIPPET_WORDS) -> str:
 
     Matched in Python on both backends, by the same rule (case-folded words; a prefix
     term matches the words it starts), so both give the same snippet for the same text.
+    Only a window of characters around the first match is split into words: a hit in a
+    text of millions of characters costs what a short one does.
     """
     wanted = {word for term in query.terms if not term.prefix for word in term.words}
     prefixes = tuple(term.text.casefold() for term in query.terms if term.prefix)
-    found = list(_WORD.finditer(content))
 
     def matches(word: str) -> bool:
         folded = word.casefold()
         return folded in wanted or folded.startswith(prefixes)
 
-    first = next((n for n, word in enumerate(found) if matches(word.group())), 0)
-    start = max(0, first - words // 3)
-    end = min(len(found), start + words)
+    first = _first_match(content, wanted, prefixes)
+    low = max(0, first - SNIPPET_REACH)
+    high = min(len(content), first + 2 * SNIPPET_REACH)
+    found = list(_WORD.finditer(content, low, high))
     if not found:
         return content[:80]
-    begin = found[start].start() if start else 0
-    finish = found[end - 1].end() if end < len(found) else len(content)
+    at = next((n for n, word in enumerate(found) if matches(word.group())), 0)
+    start = max(0, at - words // 3)
+    end = min(len(found), start + words)
+    begin = found[start].start() if start or low else 0
+    finish = found[end - 1].end() if end < len(found) or high < len(content) else len(content)
     pieces = []
     cursor = begin
     for word in found[start:end]:
@@ -374,6 +382,22 @@ def snippet(content: str, query: Query, words: int = SNIPPET_WORDS) -> str:
     pieces.append(content[cursor:finish])
     text = " ".join("".join(pieces).split())
     return ("…" if begin else "") + text + ("…" if finish < len(content) else "")
+
+
+SNIPPET_REACH = 240
+"""How many characters before the first match a snippet's words are looked for in (and
+twice as many after)."""
+
+
+def _first_match(content: str, wanted: set[str], prefixes: tuple[str, ...]) -> int:
+    """Where the first word a term may match starts (0 if none does)."""
+    alternatives = [re.escape(word) for word in sorted(wanted)]
+    alternatives += [re.escape(prefix) + r"[^\W_]*" for prefix in prefixes]
+    if not alternatives:
+        return 0
+    pattern = re.compile(rf"(?<![^\W_])(?:{'|'.join(alternatives)})(?![^\W_])", re.IGNORECASE)
+    found = pattern.search(content)
+    return found.start() if found else 0
 
 
 # -- rebuilding ------------------------------------------------------------------------------
