@@ -212,3 +212,32 @@ async def test_unknown_filters_are_refused(store: StateStore) -> None:
     """A misspelt filter is a TypeError, not a silently wider listing."""
     with pytest.raises(TypeError):
         await store.list_sessions(seed="s1")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("session_id", ["\udc80", "a\x00b", 5], ids=["surrogate", "nul", "int"])
+async def test_a_forged_listing_cursor_is_a_typed_error(
+    store: StateStore, session_id: object
+) -> None:
+    """A summary handed back by a client with an id no session can have is refused."""
+    forged = SessionSummary.model_construct(
+        id=session_id,
+        user_id="u",
+        message_count=0,
+        active_seed_id=None,
+        project_id=None,
+        created_at=T0,
+        updated_at=T0,
+        parent_session_id=None,
+    )
+    with pytest.raises(InvalidArgumentError, match="after"):
+        await store.list_sessions(after=forged)
+
+
+@pytest.mark.parametrize("value", [2.0**53 + 2, -1e300], ids=["beyond-2**53", "huge"])
+async def test_floats_too_large_to_compare_exactly_are_refused(
+    store: StateStore, value: float
+) -> None:
+    """A float beyond 2**53, which SQLite and PostgreSQL would compare differently with a
+    stored integer, is an InvalidArgumentError naming the key."""
+    with pytest.raises(InvalidArgumentError, match="2\\*\\*53"):
+        await store.list_sessions(metadata={"k": value})

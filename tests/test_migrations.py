@@ -120,7 +120,7 @@ async def test_open_migrates_a_new_file(db_path: Path) -> None:
     async with StateStore.open(db_path):
         pass
 
-    assert tables(db_path) == TABLES | {VERSION_TABLE}
+    assert tables(db_path) == TABLES | {VERSION_TABLE, "sqlite_sequence"}
 
 
 def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:

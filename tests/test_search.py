@@ -372,3 +372,38 @@ def test_a_snippet_deep_in_a_long_text_shows_the_match() -> None:
     assert snippet(content, parse_query("needle")) == (
         "…x x x the **needle** here tail tail tail tail tail tail…"
     )
+
+
+@pytest.mark.sqlite_only
+async def test_words_left_by_a_replace_never_come_back(store: StateStore) -> None:
+    """A text replaced by plain SQL's INSERT OR REPLACE (which fires no delete trigger)
+    leaves its words under an entry id no later text gets: they never find another text."""
+    await store.save_session(conversation("s1", "u", "older text"))
+    await store.save_session(conversation("s2", "u", "zebra newest text"))
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT OR REPLACE INTO messages (session_id, position, content, created_at) "
+                "VALUES ('s2', 0, 'giraffe replaced', '2026-05-01 00:00:00.000000')"
+            )
+        )
+    await store.delete_session("s2")
+    await store.save_session(conversation("s3", "other-user", "unrelated content"))
+    assert await store.search_messages("zebra") == []
+    assert places(await store.search_messages("unrelated")) == [("s3", "message", 0)]
+
+
+@pytest.mark.parametrize("entry_id", [0, -1, 2**63], ids=["zero", "negative", "too-big"])
+async def test_a_forged_cursor_is_a_typed_error(store: StateStore, entry_id: int) -> None:
+    """A hit handed back by a client with an entry id no entry can have is refused."""
+    forged = SearchHit(
+        entry_id=entry_id,
+        session_id="s",
+        user_id="u",
+        kind="message",
+        position=0,
+        timestamp=T0,
+        snippet="",
+    )
+    with pytest.raises(InvalidArgumentError, match="after"):
+        await store.search_messages("word", after=forged)

@@ -16,8 +16,9 @@
 
   - on SQLite in the FTS5 table ``search_text`` (contentless: the words only, the text
     stays in its own table; rowid = ``entry_id``; tokenizer ``unicode61`` without
-    diacritic folding). ``entry_id`` is the rowid of ``search_entries``: one past the
-    highest, so a new entry always sorts after every entry stored;
+    diacritic folding). ``entry_id`` is ``search_entries``' AUTOINCREMENT rowid, never
+    used twice: words an entry leaves behind (a write that fired no trigger) can never be
+    taken for a later entry's;
   - on PostgreSQL in ``search_entries.document``, a ``tsvector`` of the ``simple``
     configuration with a GIN index, of the text's first 100,000 characters (a
     ``tsvector`` holds at most 1 MB).
@@ -72,11 +73,12 @@ TEXT_CHANGED = (
 # SQLite. Deleting an entry's words from a contentless FTS5 table needs the text they came
 # from, which the delete and update triggers have as old.content. An insert first drops an
 # entry left under its key by a write that fired no trigger (INSERT OR REPLACE deletes
-# without triggers): its words stay behind, unreachable, until a rebuild.
+# without triggers): its words stay behind under an entry_id no entry will have again
+# (AUTOINCREMENT), unreachable, until a rebuild.
 SQLITE_TABLES = [
     """
     CREATE TABLE search_entries (
-        entry_id INTEGER PRIMARY KEY,
+        entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
         session_id VARCHAR NOT NULL,
         kind VARCHAR NOT NULL,
         position INTEGER NOT NULL,

@@ -25,6 +25,7 @@ MAX_METADATA_KEYS = 16
 """The most ``metadata`` entries one listing may match."""
 
 _INT64 = 2**63 - 1
+_EXACT_FLOAT = 2.0**53
 
 MetadataValue = str | int | float | bool | None
 
@@ -184,6 +185,10 @@ def _metadata_value(key: str, value: object) -> MetadataValue:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidArgumentError(where, "must be a finite float (JSON has no NaN)")
+        if abs(value) > _EXACT_FLOAT:
+            # SQLite compares a stored integer with a float by rounding it to a float, which
+            # PostgreSQL does not: beyond 2**53 the two would answer differently.
+            raise InvalidArgumentError(where, "must be a float of at most 2**53 in size")
         return value
     if isinstance(value, str):
         try:

@@ -34,7 +34,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from statestore._tx import Tx
-from statestore._validate import check_count, check_name, check_text
+from statestore._validate import MAX_COUNT, check_count, check_name, check_text
 from statestore.errors import InvalidArgumentError, InvalidDataError
 from statestore.models import SearchHit, build
 
@@ -266,7 +266,11 @@ def reader(
     if session_id is not None:
         check_name(session_id, kind="session id")
     check_count("limit", limit)
-    if after is not None and not isinstance(after, SearchHit):
+    if after is not None and not (
+        isinstance(after, SearchHit)
+        and isinstance(after.entry_id, int)
+        and 0 < after.entry_id <= MAX_COUNT
+    ):
         raise InvalidArgumentError("after", "must be a SearchHit from a search")
     return partial(
         search,

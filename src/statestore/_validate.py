@@ -40,6 +40,7 @@ from statestore.models import (
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
     Session,
+    SessionSummary,
     to_storable_utc,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_TEXT_LENGTH",
     "SESSIONS_CATEGORY",
+    "check_after",
     "check_category",
     "check_count",
     "check_fork",
@@ -72,6 +74,24 @@ def check_count(field: str, value: object) -> None:
     """Raise unless ``value`` is an int from 1 to :data:`MAX_COUNT`."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
         raise InvalidArgumentError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
+
+
+def check_after(after: object) -> None:
+    """Raise unless ``after`` is None or a listing's summary a next page can start from
+    (its id storable text, its time in the range): a cursor may come back from a client.
+
+    Raises:
+        InvalidArgumentError: It is not.
+    """
+    if after is None:
+        return
+    try:
+        if not isinstance(after, SessionSummary):
+            raise InvalidDataError("after", "must be a SessionSummary from a listing")
+        check_text("after.id", after.id)
+        check_timestamp("after.updated_at", after.updated_at)
+    except InvalidDataError as exc:
+        raise InvalidArgumentError("after", exc.reason) from None
 
 
 def check_fork(up_to: object, new_id: object) -> str:

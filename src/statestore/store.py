@@ -25,6 +25,7 @@ from statestore._engine import POOL_SIZE, Checkpoints, Synchronous, create_engin
 from statestore._listing import ListingFilters, session_filter
 from statestore._validate import (
     MAX_COUNT,
+    check_after,
     check_busy_timeout,
     check_count,
     check_fork,
@@ -271,8 +272,7 @@ class StateStore:
             InvalidArgumentError: A filter or argument is not of its type or range.
         """
         checked = session_filter(**filters)
-        if after is not None and not isinstance(after, SessionSummary):
-            raise InvalidArgumentError("after", "must be a SessionSummary from a listing")
+        check_after(after)
         if limit is not None:
             check_count("limit", limit)
         listing = partial(
