@@ -64,12 +64,58 @@ class SQLiteTx:
         return self.connection.execute(sql, params or {}).rowcount
 
     def run_many(self, sql: str, rows: Sequence[Params]) -> None:
-        if rows:
+        """Run the statement for each row; an INSERT's rows go in few statements.
+
+        Every statement that fires a trigger opens a savepoint, and FTS5 (the search
+        index the triggers on messages and responses write) writes out what it holds at
+        each savepoint: 64 appends in 128 statements wrote 128 index segments, 31 µs a row.
+        In multi-row INSERTs of 1, 2, 4, ... 64 rows (few statement texts to prepare), a
+        batch writes one segment per statement: 9 µs a row.
+        """
+        if not rows:
+            return
+        insert = _multirow_insert(sql)
+        if insert is None:
             self.connection.executemany(sql, rows)
+            return
+        start = 0
+        while start < len(rows):
+            size = min(_MULTIROW_MAX, 1 << (len(rows) - start).bit_length() - 1)
+            statement, names = insert(size)
+            chunk = rows[start : start + size]
+            self.connection.execute(statement, [row[name] for row in chunk for name in names])
+            start += size
 
     def call_in_loop(self, coroutine: Coroutine[Any, Any, ResultT]) -> ResultT:
         assert self.loop is not None, "call_in_loop needs the job's event loop"
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+
+_MULTIROW_MAX = 64
+"""The most rows one multi-row INSERT of :meth:`SQLiteTx.run_many` holds."""
+
+_VALUES = re.compile(r"\bVALUES\s*\(([^()]*)\)", re.IGNORECASE)
+
+
+@functools.cache
+def _multirow_insert(sql: str) -> Callable[[int], tuple[str, list[str]]] | None:
+    """For ``INSERT ... VALUES (:a, :b, ...) [tail]``: a function of a row count giving
+    the statement with that many ``(?, ?, ...)`` rows and the parameter names in order.
+    None for any other statement."""
+    found = _VALUES.search(sql)
+    if not sql.lstrip().upper().startswith("INSERT") or found is None:
+        return None
+    names = [name.strip().removeprefix(":") for name in found.group(1).split(",")]
+    if not all(name.isidentifier() for name in names):
+        return None
+    row = "(" + ", ".join("?" * len(names)) + ")"
+
+    @functools.cache
+    def statement(count: int) -> tuple[str, list[str]]:
+        values = "VALUES " + ", ".join([row] * count)
+        return sql[: found.start()] + values + sql[found.end() :], names
+
+    return statement
 
 
 _NAMED_PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
