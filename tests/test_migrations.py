@@ -247,6 +247,42 @@ async def test_0005_makes_the_optional_column_indexes_partial_and_keeps_rows(
         assert [s.id for s in await store.list_sessions(active_seed_id="seed-1")] == ["s3", "s1"]
 
 
+@pytest.mark.postgresql
+async def test_0006_on_postgresql_indexes_stored_texts_and_fills_lineage(
+    fresh_postgresql: URL,
+) -> None:
+    """Rows stored at 0005 on PostgreSQL are searchable after the upgrade, oldest text
+    first, and a session carrying the service's lineage fields lists as a fork."""
+    await migrate.upgrade(fresh_postgresql, "0005")
+    connection = await asyncpg.connect(server_dsn(fresh_postgresql.database))
+    try:
+        await connection.execute(
+            """
+            INSERT INTO sessions (id, user_id, message_count, response_count, created_at,
+                                  updated_at, metadata, extra, version, state_token)
+            VALUES ('parent', 'u', 2, 0, now(), now(), '{}', NULL, 1, 1),
+                   ('child', 'u', 1, 0, now(), now(), '{}',
+                    '{"parent_session_id": "parent", "forked_at": "2026-03-02T10:00:00Z"}',
+                    1, 2);
+            INSERT INTO messages (session_id, position, content, created_at)
+            VALUES ('parent', 0, 'the later needle', now()),
+                   ('parent', 1, 'the earlier needle', now() - interval '1 hour'),
+                   ('child', 0, 'no match here', now());
+            """
+        )
+    finally:
+        await connection.close()
+
+    await migrate.upgrade(fresh_postgresql)
+
+    async with StateStore.open(fresh_postgresql) as store:
+        hits = await store.search_messages("needle")
+        assert [(hit.session_id, hit.position) for hit in hits] == [("parent", 0), ("parent", 1)]
+        [fork] = await store.list_sessions(forks_of="parent")
+        assert fork.id == "child"
+        assert fork.parent_session_id == "parent"
+
+
 def test_head_revision_is_the_newest_script() -> None:
     """The head known without reading the scripts is the scripts' head."""
     assert ScriptDirectory(migrate.script_location()).get_current_head() == migrate.HEAD_REVISION
