@@ -57,6 +57,23 @@ def damage(path: Path, how: str) -> bytes:
     return path.read_bytes()
 
 
+def damage_leaves_of(path: Path, table: str, pages: int) -> None:
+    """Overwrite the last ``pages`` leaf pages of ``table`` with noise, in place (the
+    file's own last pages may belong to any b-tree, the search index's among them)."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        leaves = [
+            page
+            for (page,) in connection.execute(
+                "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+                (table,),
+            )
+        ][-pages:]
+    with path.open("r+b") as file:
+        for page in leaves:
+            file.seek((page - 1) * PAGE)
+            file.write(random.Random(page).randbytes(PAGE))
+
+
 def overwrite_tail(path: Path, pages: int) -> None:
     """Overwrite the file's last ``pages`` pages with noise, in place."""
     size = path.stat().st_size
@@ -127,7 +144,7 @@ async def test_a_damaged_file_fails_at_open_with_a_database_error(db_path: Path,
 async def test_damaged_pages_fail_each_read_that_meets_them(db_path: Path) -> None:
     """Reads that meet damaged pages raise DatabaseError; the others return exact data."""
     saved = await fill(db_path)
-    damage(db_path, "last-pages-garbage")
+    damage_leaves_of(db_path, "messages", 4)
     outcomes: list[str] = []
     async with StateStore.open(db_path, migrate=False) as store:
         for session_id, state in saved.items():

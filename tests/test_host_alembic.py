@@ -35,9 +35,11 @@ def alembic(host: Path, *args: str) -> str:
 
 
 def tables(host: Path) -> set[str]:
-    """Return the table names in the host's database."""
+    """Return the table names in the host's database (not SQLite's own)."""
     with sqlite3.connect(host / "host.db") as connection:
-        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        rows = connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
         return {name for (name,) in rows}
 
 
