@@ -193,10 +193,14 @@ def _index_stored_texts(dialect: str) -> None:
             "INSERT INTO search_entries (session_id, kind, position) "
             f"SELECT session_id, kind, position FROM ({STORED_TEXTS}) AS ordered"
         )
+        # Each entry just made, joined to its text by key (no second sort of them all).
         op.execute(
-            "INSERT INTO search_text (rowid, content) SELECT e.entry_id, t.content "
-            f"FROM ({STORED_TEXTS}) AS t JOIN search_entries AS e "
-            "ON e.session_id = t.session_id AND e.kind = t.kind AND e.position = t.position"
+            "INSERT INTO search_text (rowid, content) "
+            "SELECT e.entry_id, coalesce(m.content, r.content) FROM search_entries AS e "
+            "LEFT JOIN messages AS m ON e.kind = 'message' "
+            "AND m.session_id = e.session_id AND m.position = e.position "
+            "LEFT JOIN responses AS r ON e.kind = 'response' "
+            "AND r.session_id = e.session_id AND r.position = e.position"
         )
     else:
         op.execute(

@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 
 from statestore import _sql
 from statestore._rows import TimeCodec
-from statestore._validate import check_text, check_timestamp
+from statestore._validate import arguments, check_text, check_timestamp
 from statestore.errors import InvalidArgumentError, InvalidDataError
 
 __all__ = ["MAX_METADATA_KEYS", "ListingFilters", "SessionFilter", "session_filter"]
@@ -140,14 +140,12 @@ def session_filter(
         "updated_after": updated_after,
         "updated_before": updated_before,
     }
-    try:
+    with arguments():
         for name, text in texts.items():
             check_text(name, text, optional=True)
         for name, moment in times.items():
             if moment is not None:
                 check_timestamp(name, moment)
-    except InvalidDataError as exc:
-        raise InvalidArgumentError(exc.field, exc.reason) from None
     return SessionFilter(
         **texts,  # type: ignore[arg-type]
         **times,  # type: ignore[arg-type]
@@ -191,10 +189,8 @@ def _metadata_value(key: str, value: object) -> MetadataValue:
             raise InvalidArgumentError(where, "must be a float of at most 2**53 in size")
         return value
     if isinstance(value, str):
-        try:
+        with arguments():
             check_text(where, value)
-        except InvalidDataError as exc:
-            raise InvalidArgumentError(exc.field, exc.reason) from None
         return value
     raise InvalidArgumentError(
         where,

@@ -34,8 +34,8 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from statestore._tx import Tx
-from statestore._validate import MAX_COUNT, check_count, check_name, check_text
-from statestore.errors import InvalidArgumentError, InvalidDataError
+from statestore._validate import MAX_COUNT, arguments, check_count, check_name, check_text
+from statestore.errors import InvalidArgumentError
 from statestore.models import SearchHit, build
 
 __all__ = [
@@ -63,6 +63,10 @@ RECENT_ENTRIES = 4096
 
 SNIPPET_WORDS = 12
 """About how many words a snippet shows around the first match."""
+
+SNIPPET_REACH = 240
+"""How many characters before the first match a snippet's words are looked for in (and
+twice as many after)."""
 
 _WORD = re.compile(r"[^\W_]+")
 """A word as both backends split text: a run of letters and digits."""
@@ -104,10 +108,8 @@ def parse_query(text: object) -> Query:
         InvalidArgumentError: ``text`` is not a str, holds no word to search for (empty,
             only punctuation, only excluded words), or more than :data:`MAX_QUERY_TERMS`.
     """
-    try:
+    with arguments():
         check_text("query", text)
-    except InvalidDataError as exc:
-        raise InvalidArgumentError("query", exc.reason) from None
     assert isinstance(text, str)
     groups: list[list[Term]] = []
     excluded: list[Term] = []
@@ -170,13 +172,15 @@ SELECT e.entry_id, e.session_id, s.user_id, e.kind, e.position,
        coalesce(m.content, r.content) AS content,
        coalesce(m.created_at, r.created_at) AS created_at
 """
-_TEXTS = """
-JOIN sessions AS s ON s.id = e.session_id
+_TEXT_OF_ENTRY = """
 LEFT JOIN messages AS m
     ON e.kind = 'message' AND m.session_id = e.session_id AND m.position = e.position
 LEFT JOIN responses AS r
     ON e.kind = 'response' AND r.session_id = e.session_id AND r.position = e.position
 """
+"""Each entry ``e``'s text, by its key: ``coalesce(m.content, r.content)``."""
+
+_TEXTS = "\nJOIN sessions AS s ON s.id = e.session_id" + _TEXT_OF_ENTRY
 # A hit must still have its text (an entry a TRUNCATE left behind has none).
 _FILTERS = {
     "text": "coalesce(m.content, r.content) IS NOT NULL",
@@ -259,10 +263,8 @@ def reader(
             of its type or range.
     """
     parsed = parse_query(query)
-    try:
+    with arguments():
         check_text("user_id", user_id, optional=True)
-    except InvalidDataError as exc:
-        raise InvalidArgumentError("user_id", exc.reason) from None
     if session_id is not None:
         check_name(session_id, kind="session id")
     check_count("limit", limit)
@@ -388,11 +390,6 @@ def snippet(content: str, query: Query, words: int = SNIPPET_WORDS) -> str:
     return ("…" if begin else "") + text + ("…" if finish < len(content) else "")
 
 
-SNIPPET_REACH = 240
-"""How many characters before the first match a snippet's words are looked for in (and
-twice as many after)."""
-
-
 def _first_match(content: str, wanted: set[str], prefixes: tuple[str, ...]) -> int:
     """Where the first word a term may match starts (0 if none does)."""
     alternatives = [re.escape(word) for word in sorted(wanted)]
@@ -420,9 +417,10 @@ _REBUILD = {
         "INSERT INTO search_text (search_text) VALUES ('delete-all')",
         "INSERT INTO search_entries (session_id, kind, position) "
         f"SELECT session_id, kind, position FROM ({_STORED_TEXTS}) AS ordered",
-        "INSERT INTO search_text (rowid, content) SELECT e.entry_id, t.content "
-        f"FROM ({_STORED_TEXTS}) AS t JOIN search_entries AS e "
-        "ON e.session_id = t.session_id AND e.kind = t.kind AND e.position = t.position",
+        # The entries just made, each joined to its text by key: no second sort of them all.
+        "INSERT INTO search_text (rowid, content) "
+        "SELECT e.entry_id, coalesce(m.content, r.content) FROM search_entries AS e"
+        + _TEXT_OF_ENTRY,
     ],
     "postgresql": [
         "DELETE FROM search_entries",

@@ -346,9 +346,9 @@ def session_summaries(given: set[str], metadata_matches: Sequence[str] = ()) -> 
     """The listing of summaries with the filters ``given`` (and ``"limit"`` for a page),
     and ``metadata_matches`` (from :data:`METADATA_MATCH`) ANDed with them.
 
-    The user, project and update-time filters read an index ending in
-    ``(updated_at, id)`` in order; seed, persona, parent and creation time read their own
-    index and sort what it gives; metadata is checked on the rows the others give.
+    The user, project, seed, persona, parent and update-time filters read an index ending
+    in ``(updated_at, id)`` in order; a creation-time range reads ``created_at`` and sorts
+    what it gives; metadata is checked on the rows the others give.
     """
     conditions = [sql for name, sql in _LISTING_FILTERS.items() if name in given]
     conditions += metadata_matches

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +52,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_TEXT_LENGTH",
     "SESSIONS_CATEGORY",
+    "arguments",
     "check_after",
     "check_category",
     "check_count",
@@ -74,6 +77,18 @@ def check_count(field: str, value: object) -> None:
     """Raise unless ``value`` is an int from 1 to :data:`MAX_COUNT`."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_COUNT:
         raise InvalidArgumentError(field, f"must be an int from 1 to 2**63 - 1, not {value!r}")
+
+
+@contextmanager
+def arguments() -> Iterator[None]:
+    """Report a value the checks inside refuse as an :class:`InvalidArgumentError` (same
+    field, same reason): a filter or a query is an argument, not data being stored."""
+    try:
+        yield
+    except InvalidArgumentError:
+        raise
+    except InvalidDataError as exc:
+        raise InvalidArgumentError(exc.field, exc.reason) from None
 
 
 def check_after(after: object) -> None:
