@@ -360,6 +360,16 @@ EDITS: dict[str, tuple[int, Callable[[Session, random.Random], None]]] = {
 }
 
 
+def draw(rng: random.Random, weights: dict[str, int], counts: Counter[str], prefix: str) -> str:
+    """Draw a name by its weight, from those not yet counted under ``prefix`` while any are.
+
+    So every operation, edit and way of treating a write runs early in each worker, however
+    few operations a slow machine lets it make; then the weights alone decide.
+    """
+    names = [name for name in weights if not counts[prefix + name]] or list(weights)
+    return rng.choices(names, [weights[name] for name in names])[0]
+
+
 FIELD_EDITS = {"edit_message", "edit_response"}
 """Edits that assign a message's field: every session in the process then saves whole
 (see ``statestore._tracking.note_edit``), so only even workers make them, and odd workers'
@@ -369,7 +379,7 @@ saves rely on their lists' own tracking of rewrites."""
 def edit(session: Session, rng: random.Random, counts: Counter[str], *, fields: bool) -> None:
     """Apply one random edit in place (assigning message fields only if ``fields``)."""
     names = [name for name in EDITS if fields or name not in FIELD_EDITS]
-    name = rng.choices(names, [EDITS[name][0] for name in names])[0]
+    name = draw(rng, {name: EDITS[name][0] for name in names}, counts, "edit:")
     EDITS[name][1](session, rng)
     counts[f"edit:{name}"] += 1
     if len(session.user_messages) > MAX_ITEMS:
@@ -546,7 +556,7 @@ class Worker:
         """Save ``session``, logging the state it has at the call."""
         if rng.random() < BAD_DATA_RATE:
             await self.refused(session, rng)
-        how = rng.choices(list(HOW), list(HOW.values()))[0]
+        how = draw(rng, HOW, self.counts, "save:")
         poisoned = rng.random() < POISON_RATE
         op = self.begin(session.id, "save", how, source=source, poisoned=poisoned)
         self.stamp(session.id, session, rng, op["seq"])
@@ -625,7 +635,7 @@ class Worker:
     async def op_delete(self, session_id: str, rng: random.Random) -> None:
         if session_id in self.fresh:
             return
-        how = rng.choices(list(HOW), list(HOW.values()))[0]
+        how = draw(rng, HOW, self.counts, "delete:")
 
         def start() -> tuple[Op, Awaitable[Any]]:
             op = self.begin(session_id, "delete", how)
@@ -638,7 +648,7 @@ class Worker:
         await self.drive(self.wrapped(start, finish), None, how, rng)
 
     async def op_update(self, session_id: str, rng: random.Random) -> None:
-        how = rng.choices(list(HOW), list(HOW.values()))[0]
+        how = draw(rng, HOW, self.counts, "update:")
         fresh = session_id in self.fresh or rng.random() < 0.6
         replace = rng.choice([None, None, "deepcopy", "pickle", "model_copy_deep"])
         later = rng.random() < 0.5
@@ -692,9 +702,8 @@ class Worker:
     async def run(self, index: int, deadline: float, seed: int) -> None:
         """One coroutine: random operations on this worker's sessions until the deadline."""
         rng = random.Random(f"{seed}-{self.worker}-{index}")
-        names, weights = list(OPERATIONS), list(OPERATIONS.values())
         while time.monotonic() < deadline:
-            operation = rng.choices(names, weights)[0]
+            operation = draw(rng, OPERATIONS, self.counts, "")
             session_id = rng.choice(self.ids)
             try:
                 await getattr(self, f"op_{operation}")(session_id, rng)
