@@ -162,12 +162,40 @@ class _Job:
         self.future = self.loop.create_future()
 
 
-_BUSY_SLACK_MS = 250
-"""How far the writer's busy timeout may stray from a batch's time left before it is reset
-(setting it on every transaction would compile a statement each time)."""
+_LOCK_POLL = 0.001
+"""Seconds between two tries for a write lock that another process holds.
+
+SQLite's own busy handler sleeps longer each try, up to 100 ms. A process that commits back
+to back frees the lock for a few microseconds between transactions, so a peer that tries
+every 100 ms rarely finds it free: of two processes saving at once, one went 1.8 s without
+a commit (``benchmarks/bench_lock_fairness.py`` measures it). The writer therefore tries
+``BEGIN IMMEDIATE`` itself, every millisecond, until its batch is out of time."""
+
+_BUSY_STEP_MS = 250
+"""The busy timeout inside a transaction is its batch's time left, rounded down to this
+step so that the few ``PRAGMA`` texts it takes stay compiled."""
 
 _EXPIRY_SLACK = 0.05
 """Seconds before its deadline at which a job behind a held lock counts as out of time."""
+
+
+def _begin_immediate(connection: sqlite3.Connection, deadline: float) -> None:
+    """Take the write lock, trying every :data:`_LOCK_POLL` seconds until ``deadline``.
+
+    Statements inside the transaction then wait for a lock as long as the batch has left.
+    """
+    connection.execute("PRAGMA busy_timeout = 0")
+    while True:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError as error:
+            busy = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + _LOCK_POLL >= deadline:
+                raise
+        time.sleep(_LOCK_POLL)
+    left = max(0, int((deadline - time.monotonic()) * 1000))
+    connection.execute(f"PRAGMA busy_timeout = {left - left % _BUSY_STEP_MS}")
 
 
 def _one_save_could_cause(error: BaseException) -> bool:
@@ -434,11 +462,8 @@ class SQLiteRunner:
     def _transaction_now(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
         connection = tx.connection
         with database_errors(batch[0].operation):
-            left = max(0, int((min(job.deadline for job in batch) - time.monotonic()) * 1000))
-            if tx.busy_timeout_ms is None or abs(tx.busy_timeout_ms - left) > _BUSY_SLACK_MS:
-                connection.execute(f"PRAGMA busy_timeout = {left}")
-                tx.busy_timeout_ms = left
-            connection.execute("BEGIN IMMEDIATE")
+            deadline = min(job.deadline for job in batch)
+            _begin_immediate(connection, deadline)
             try:
                 first = batch[0]
                 tx.loop = first.loop

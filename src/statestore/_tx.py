@@ -54,8 +54,6 @@ class SQLiteTx:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.busy_timeout_ms: int | None = None
-        """The connection's busy timeout, once the writer has set it."""
 
     def rows(self, sql: str, params: Params | None = None) -> list[Any]:
         return self.connection.execute(sql, params or {}).fetchall()
