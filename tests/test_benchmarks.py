@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -204,3 +205,18 @@ def test_features_benchmark_reports_every_figure() -> None:
     for row in rows:
         if any(row.startswith(f"| {figure}") for figure in measured):
             assert row.split("|")[-2].strip().endswith("x"), row
+
+
+def test_lock_fairness_benchmark_reports_each_participant_and_ratio() -> None:
+    """bench_lock_fairness.py --quick exits 0 with a row per participant, no statestore append
+    failed, and statestore's ratio to each other participant on every figure."""
+    rows = [row.split("|")[1:-1] for row in table_rows("bench_lock_fairness.py", "--quick")]
+    names = [cells[0].strip() for cells in rows]
+    others = ["statestore, SQLite's busy handler"]
+    if all(importlib.util.find_spec(name) for name in ("agents", "langgraph")):
+        others.append("openai-agents")
+    assert names == ["statestore", *others, "statestore against", *others]
+    for cells in rows[:2]:
+        assert cells[-1].strip() == "0.00"  # errors
+    for cells in rows[-len(others) :]:
+        assert all(cell.strip().endswith("x") for cell in cells[1:]), cells
