@@ -21,8 +21,10 @@ coroutines appending exchanges to sessions of their own for a few seconds:
 
 For each: appends per second (both processes), the share of the process that made fewer,
 the p99 and the longest wait of one append, and the longest time one process went without
-committing. Each participant runs ``--rounds`` times, in turn; the table shows the medians.
-The machine is shared and noisy: read the ratios.
+committing. Then the two ways of waiting again in one process alone, with 1 coroutine and
+with 64, where nobody else holds the lock: what polling costs when there is no contention.
+Each participant runs ``--rounds`` times, in turn; the tables show the medians. The machine
+is shared and noisy: read the ratios.
 
 Run:  python benchmarks/bench_lock_fairness.py           (3 rounds of 3 s each)
       python benchmarks/bench_lock_fairness.py --quick   (1 round of 1 s)
@@ -50,13 +52,14 @@ try:
 except ImportError:  # the bench extra is not installed: no peer column
     DurableSQLiteSession = None
 
-PROCESSES = 2
-COROUTINES = 6
 QUESTION = "How do I keep an agent's conversation state when the service restarts? " * 2
 ANSWER = "Persist each exchange as it happens, and load the session on the next request. " * 4
 STATESTORE = "statestore"
 BUSY_HANDLER = "statestore, SQLite's busy handler"
 AGENTS = "openai-agents"
+
+Measured = dict[str, list[dict[str, float]]]
+"""Each participant's figures, round by round."""
 
 
 def sqlite_busy_handler_begin(connection: Any, deadline: float) -> None:
@@ -76,8 +79,19 @@ class Log:
     started: float
 
 
-async def statestore_appends(path: Path, worker: int, seconds: float, barrier: Barrier) -> Log:
-    """Append exchanges from ``COROUTINES`` coroutines until the time is up."""
+@dataclass(frozen=True)
+class Workload:
+    """How many processes append at once, with how many coroutines each, and who runs it."""
+
+    processes: int
+    coroutines: int
+    names: tuple[str, ...]
+
+
+async def statestore_appends(
+    path: Path, worker: int, coroutines: int, seconds: float, barrier: Barrier
+) -> Log:
+    """Append exchanges from ``coroutines`` coroutines until the time is up."""
     log = Log([], [], [], 0.0)
     async with StateStore.open(path, migrate=False) as store:
 
@@ -93,7 +107,7 @@ async def statestore_appends(path: Path, worker: int, seconds: float, barrier: B
                 log.waits.append(time.monotonic() - began)
                 log.finished.append(time.monotonic())
 
-        sessions = [Session(id=f"p{worker}-{i}", user_id="bench") for i in range(COROUTINES)]
+        sessions = [Session(id=f"p{worker}-{i}", user_id="bench") for i in range(coroutines)]
         barrier.wait()
         log.started = time.monotonic()
         deadline = log.started + seconds
@@ -101,11 +115,13 @@ async def statestore_appends(path: Path, worker: int, seconds: float, barrier: B
     return log
 
 
-async def agents_appends(path: Path, worker: int, seconds: float, barrier: Barrier) -> Log:
+async def agents_appends(
+    path: Path, worker: int, coroutines: int, seconds: float, barrier: Barrier
+) -> Log:
     """The same with openai-agents' SQLiteSession objects."""
     assert DurableSQLiteSession is not None
     log = Log([], [], [], 0.0)
-    sessions = [DurableSQLiteSession(f"p{worker}-{i}", path) for i in range(COROUTINES)]
+    sessions = [DurableSQLiteSession(f"p{worker}-{i}", path) for i in range(coroutines)]
 
     async def appending(session: Any, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -126,12 +142,14 @@ async def agents_appends(path: Path, worker: int, seconds: float, barrier: Barri
     return log
 
 
-def child(name: str, path: Path, worker: int, seconds: float, barrier: Barrier, out: Any) -> None:
+def child(
+    name: str, path: Path, worker: int, coroutines: int, seconds: float, barrier: Barrier, out: Any
+) -> None:
     """One process of a participant: run its appends, send back its log."""
     if name == BUSY_HANDLER:
         _runner._begin_immediate = sqlite_busy_handler_begin  # type: ignore[assignment]
     appends = agents_appends if name == AGENTS else statestore_appends
-    out.put(asyncio.run(appends(path, worker, seconds, barrier)))
+    out.put(asyncio.run(appends(path, worker, coroutines, seconds, barrier)))
 
 
 async def prepare(name: str, path: Path) -> None:
@@ -158,15 +176,18 @@ def longest_pause(log: Log) -> float:
     return max(later - earlier for earlier, later in itertools.pairwise(marks))
 
 
-def one_round(name: str, workdir: Path, seconds: float) -> tuple[dict[str, float], list[str]]:
-    """Run the participant's two processes once; return the round's figures and errors."""
+def one_round(
+    name: str, workload: Workload, workdir: Path, seconds: float
+) -> tuple[dict[str, float], list[str]]:
+    """Run the participant's processes once; return the round's figures and errors."""
     path = Path(tempfile.mkdtemp(dir=workdir)) / "state.db"
     asyncio.run(prepare(name, path))
     context = multiprocessing.get_context("fork")
-    barrier, out = context.Barrier(PROCESSES), context.Queue()
+    barrier, out = context.Barrier(workload.processes), context.Queue()
+    arguments = (workload.coroutines, seconds, barrier, out)
     processes = [
-        context.Process(target=child, args=(name, path, worker, seconds, barrier, out))
-        for worker in range(PROCESSES)
+        context.Process(target=child, args=(name, path, worker, *arguments))
+        for worker in range(workload.processes)
     ]
     for process in processes:
         process.start()
@@ -187,6 +208,34 @@ def one_round(name: str, workdir: Path, seconds: float) -> tuple[dict[str, float
     }, [error for log in logs for error in log.errors]
 
 
+def report(workload: Workload, rounds: int, seconds: float, measured: Measured) -> None:
+    """Print the workload's medians, then statestore's ratio to each other participant."""
+    figures = list(measured[STATESTORE][0])
+    median = {
+        name: {figure: statistics.median(r[figure] for r in runs) for figure in figures}
+        for name, runs in measured.items()
+    }
+    print(
+        f"{workload.processes} process(es) x {workload.coroutines} coroutine(s) appending to "
+        f"one file, {rounds} round(s) of {seconds:g} s, medians (appends/s and share: higher "
+        "is better; waits and pauses: lower is better)\n"
+    )
+    print("| participant | " + " | ".join(figures) + " |")
+    print("|---|" + "---:|" * len(figures))
+    for name in workload.names:
+        cells = [f"{median[name][figure]:,.2f}" for figure in figures]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
+    print("| statestore against | " + " | ".join(figures[:-1]) + " |")
+    print("|---|" + "---:|" * (len(figures) - 1))
+    for name in workload.names[1:]:
+        ratio: Callable[[str], str] = lambda f, n=name: (  # noqa: E731
+            f"{median[STATESTORE][f] / median[n][f]:.2f}x" if median[n][f] else "—"
+        )
+        print(f"| {name} | " + " | ".join(ratio(figure) for figure in figures[:-1]) + " |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of one second")
@@ -194,43 +243,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
     rounds, seconds = (1, 1.0) if args.quick else (args.rounds, args.seconds)
-    names = [STATESTORE, BUSY_HANDLER] + ([AGENTS] if DurableSQLiteSession else [])
-    measured: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-    errors: dict[str, list[str]] = {name: [] for name in names}
+    peers = (AGENTS,) if DurableSQLiteSession else ()
+    workloads = [
+        Workload(2, 6, (STATESTORE, BUSY_HANDLER, *peers)),
+        Workload(1, 1, (STATESTORE, BUSY_HANDLER)),
+        Workload(1, 64, (STATESTORE, BUSY_HANDLER)),
+    ]
+    errors: list[str] = []
     with tempfile.TemporaryDirectory() as workdir:
-        for _ in range(rounds):
-            for name in names:
-                figures, failed = one_round(name, Path(workdir), seconds)
-                measured[name].append(figures)
-                errors[name] += failed
-    figures = list(measured[STATESTORE][0])
-    median: dict[str, dict[str, float]] = {
-        name: {figure: statistics.median(r[figure] for r in runs) for figure in figures}
-        for name, runs in measured.items()
-    }
-    print(
-        f"{PROCESSES} processes x {COROUTINES} coroutines appending to one file, "
-        f"{rounds} round(s) of {seconds:g} s, medians (appends/s and share: higher is "
-        "better; waits and pauses: lower is better)\n"
-    )
-    print("| participant | " + " | ".join(figures) + " |")
-    print("|---|" + "---:|" * len(figures))
-    for name in names:
-        cells = [f"{median[name][figure]:,.2f}" for figure in figures]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print()
-    print("| statestore against | " + " | ".join(figures[:-1]) + " |")
-    print("|---|" + "---:|" * (len(figures) - 1))
-    for name in names[1:]:
-        ratio: Callable[[str], str] = lambda f, n=name: (  # noqa: E731
-            f"{median[STATESTORE][f] / median[n][f]:.2f}x" if median[n][f] else "—"
-        )
-        print(f"| {name} | " + " | ".join(ratio(figure) for figure in figures[:-1]) + " |")
-    for name, failed in errors.items():
-        if failed:
-            print(f"\n{name}: {len(failed)} appends failed, first: {failed[0]}")
-    if errors[STATESTORE] or errors[BUSY_HANDLER]:
-        raise SystemExit(1)
+        for workload in workloads:
+            measured: Measured = {name: [] for name in workload.names}
+            for _ in range(rounds):
+                for name in workload.names:
+                    figures, failed = one_round(name, workload, Path(workdir), seconds)
+                    measured[name].append(figures)
+                    errors += [f"{name}: {error}" for error in failed if name != AGENTS]
+            report(workload, rounds, seconds, measured)
+    if errors:
+        raise SystemExit(f"{len(errors)} statestore appends failed, first: {errors[0]}")
 
 
 if __name__ == "__main__":
