@@ -149,6 +149,26 @@ async def test_open_without_migrate_works_at_head(db_path: Path) -> None:
         assert await store.list_sessions() == []
 
 
+async def test_opening_a_database_at_head_does_not_wait_for_the_write_lock(db_path: Path) -> None:
+    """With nothing to migrate, open only reads: another process's held lock does not stop it.
+
+    It began a write transaction, so a service starting while another process wrote
+    back to back failed to open with DatabaseBusyError once its busy timeout ran out.
+    """
+    await migrate.upgrade(db_path)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        async with StateStore.open(db_path, busy_timeout=0.2) as store:
+            assert await store.list_sessions() == []
+            await migrate.upgrade(db_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert await migrate.current_revision(db_path) == migrate.HEAD_REVISION
+
+
 @pytest.mark.parametrize("migrate_on_open", [True, False], ids=["migrate", "no-migrate"])
 async def test_a_database_from_a_newer_statestore_is_refused(
     db_path: Path, migrate_on_open: bool

@@ -320,12 +320,30 @@ async def _engine_for(target: Target) -> AsyncIterator[AsyncEngine]:
 async def upgrade(target: Target, revision: str = "head") -> None:
     """Upgrade a database to ``revision`` (default: the newest), in one transaction.
 
+    A database already at the newest revision is only read (its foreign keys checked), so
+    opening a store never waits for another process's write lock when there is nothing
+    to migrate.
+
     Raises:
         SchemaVersionError: The database is at a revision this statestore does not know.
         DatabaseError: The database failed; it is left at the revision it had.
     """
-    async with _engine_for(target) as engine, migrating(engine) as connection:
-        await connection.run_sync(_run, revision)
+    async with _engine_for(target) as engine:
+        if revision in ("head", HEAD_REVISION):
+            with database_errors("schema migration"):
+                async with engine.connect() as connection:
+                    if await connection.run_sync(_checked_at_head):
+                        return
+        async with migrating(engine) as connection:
+            await connection.run_sync(_run, revision)
+
+
+def _checked_at_head(connection: Connection) -> bool:
+    """Whether the database is at the newest revision; if it is, check its foreign keys."""
+    if _current(connection) != HEAD_REVISION:
+        return False
+    check_foreign_keys(connection)
+    return True
 
 
 async def downgrade(target: Target, revision: str) -> None:
