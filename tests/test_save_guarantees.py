@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import gc
+import os
 import pickle
 import sqlite3
 import sys
@@ -370,7 +371,7 @@ async def test_each_store_on_a_file_waits_for_a_lock_as_long_as_its_own_busy_tim
 
 
 HAMMER = """
-import pathlib, sqlite3, sys
+import pathlib, sqlite3, sys, time
 connection = sqlite3.connect(sys.argv[1], isolation_level=None)
 connection.execute("PRAGMA busy_timeout = 10000")
 connection.execute("CREATE TABLE IF NOT EXISTS hammer (n INTEGER)")
@@ -379,11 +380,17 @@ stop = pathlib.Path(sys.argv[2])
 while not stop.exists():
     connection.execute("BEGIN IMMEDIATE")
     connection.execute("INSERT INTO hammer VALUES (1)")
+    time.sleep(0.002)
     connection.execute("COMMIT")
 """
-"""A process that takes SQLite's write lock again the moment it commits, until told to stop."""
+"""A process that holds SQLite's write lock 2 ms a transaction (as a slow disk's fsync
+would, whatever the disk under the test) and takes it again the moment it commits."""
 
 
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2,
+    reason="the peer frees the lock only while it runs: a writer must run on another CPU",
+)
 async def test_a_process_committing_back_to_back_does_not_starve_a_store(
     db_path: Path, tmp_path: Path
 ) -> None:
@@ -406,7 +413,7 @@ async def test_a_process_committing_back_to_back_does_not_starve_a_store(
             assert hammer.stdout is not None
             assert await hammer.stdout.readline() == b"committing\n"
             before = hammered()
-            for index in range(20):
+            for index in range(10):
                 await store.save_session(make_session(f"u{index}"))
             during = hammered() - before
         finally:
@@ -414,7 +421,7 @@ async def test_a_process_committing_back_to_back_does_not_starve_a_store(
             await asyncio.wait_for(hammer.wait(), 30)
         assert hammer.returncode == 0
         assert during > 0  # the peer kept committing while the saves went in
-        assert len(await store.list_sessions()) == 20
+        assert len(await store.list_sessions()) == 10
 
 
 async def test_a_save_with_prune_cancelled_before_it_starts_still_saves(

@@ -169,7 +169,9 @@ SQLite's own busy handler sleeps longer each try, up to 100 ms. A process that c
 to back frees the lock for a few microseconds between transactions, so a peer that tries
 every 100 ms rarely finds it free: of two processes saving at once, one went 1.8 s without
 a commit (``benchmarks/bench_lock_fairness.py`` measures it). The writer therefore tries
-``BEGIN IMMEDIATE`` itself, every millisecond, until its batch is out of time."""
+``BEGIN IMMEDIATE`` itself, every millisecond, until its batch is out of time. It is not a
+queue: a peer that blocks while it holds the lock frees it only when it runs again, and a
+writer sharing its CPU is then rarely running at that moment."""
 
 _BUSY_STEP_MS = 250
 """The busy timeout inside a transaction is its batch's time left, rounded down to this
@@ -190,7 +192,7 @@ def _begin_immediate(connection: sqlite3.Connection, deadline: float) -> None:
             connection.execute("BEGIN IMMEDIATE")
             break
         except sqlite3.OperationalError as error:
-            busy = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+            busy = getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
             if not busy or time.monotonic() + _LOCK_POLL >= deadline:
                 raise
         time.sleep(_LOCK_POLL)
@@ -462,9 +464,8 @@ class SQLiteRunner:
     def _transaction_now(self, tx: SQLiteTx, batch: list[_Job]) -> list[Any]:
         connection = tx.connection
         with database_errors(batch[0].operation):
-            deadline = min(job.deadline for job in batch)
-            _begin_immediate(connection, deadline)
             try:
+                _begin_immediate(connection, min(job.deadline for job in batch))
                 first = batch[0]
                 tx.loop = first.loop
                 if first.batch_body is not None:
