@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import multiprocessing
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -88,58 +89,60 @@ class Workload:
     names: tuple[str, ...]
 
 
+async def appending(
+    appends: list[Callable[[], Awaitable[object]]], seconds: float, barrier: Barrier
+) -> Log:
+    """Once every process is ready, call each of ``appends`` over and over, each from a
+    coroutine of its own, until the time is up; log every call."""
+    log = Log([], [], [], 0.0)
+
+    async def repeatedly(append: Callable[[], Awaitable[object]]) -> None:
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            try:
+                await append()
+            except Exception as error:
+                log.errors.append(f"{type(error).__name__}: {error}")
+            now = time.monotonic()
+            log.waits.append(now - began)
+            log.finished.append(now)
+
+    barrier.wait()
+    log.started = time.monotonic()
+    deadline = log.started + seconds
+    await asyncio.gather(*(repeatedly(append) for append in appends))
+    return log
+
+
+async def save_exchange(store: StateStore, session: Session) -> None:
+    """Append one exchange to the session in hand and save it."""
+    session.add_user_message(QUESTION)
+    session.add_agent_response(AgentResponse(content=ANSWER))
+    await store.save_session(session)
+
+
 async def statestore_appends(
     path: Path, worker: int, coroutines: int, seconds: float, barrier: Barrier
 ) -> Log:
-    """Append exchanges from ``coroutines`` coroutines until the time is up."""
-    log = Log([], [], [], 0.0)
+    """Append exchanges to ``coroutines`` sessions at once, through one store."""
     async with StateStore.open(path, migrate=False) as store:
-
-        async def appending(session: Session, deadline: float) -> None:
-            while time.monotonic() < deadline:
-                session.add_user_message(QUESTION)
-                session.add_agent_response(AgentResponse(content=ANSWER))
-                began = time.monotonic()
-                try:
-                    await store.save_session(session)
-                except Exception as error:
-                    log.errors.append(f"{type(error).__name__}: {error}")
-                log.waits.append(time.monotonic() - began)
-                log.finished.append(time.monotonic())
-
         sessions = [Session(id=f"p{worker}-{i}", user_id="bench") for i in range(coroutines)]
-        barrier.wait()
-        log.started = time.monotonic()
-        deadline = log.started + seconds
-        await asyncio.gather(*(appending(session, deadline) for session in sessions))
-    return log
+        appends = [functools.partial(save_exchange, store, session) for session in sessions]
+        return await appending(appends, seconds, barrier)
 
 
 async def agents_appends(
     path: Path, worker: int, coroutines: int, seconds: float, barrier: Barrier
 ) -> Log:
-    """The same with openai-agents' SQLiteSession objects."""
+    """The same with openai-agents' SQLiteSession objects, one per session."""
     assert DurableSQLiteSession is not None
-    log = Log([], [], [], 0.0)
     sessions = [DurableSQLiteSession(f"p{worker}-{i}", path) for i in range(coroutines)]
-
-    async def appending(session: Any, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            began = time.monotonic()
-            try:
-                await session.add_items(agents_exchange())
-            except Exception as error:
-                log.errors.append(f"{type(error).__name__}: {error}")
-            log.waits.append(time.monotonic() - began)
-            log.finished.append(time.monotonic())
-
-    barrier.wait()
-    log.started = time.monotonic()
-    deadline = log.started + seconds
-    await asyncio.gather(*(appending(session, deadline) for session in sessions))
-    for session in sessions:
-        session.close()
-    return log
+    try:
+        appends = [lambda s=session: s.add_items(agents_exchange()) for session in sessions]
+        return await appending(appends, seconds, barrier)
+    finally:
+        for session in sessions:
+            session.close()
 
 
 def child(
